@@ -57,8 +57,11 @@ class ArraySource:
 
 @dataclasses.dataclass
 class Dataset:
+  """A schema and its splits; `true_probs` holds each split's true label
+  probabilities [N, T] when the data's generator knows them (synthetic data)."""
   schema: FeatureSchema
   splits: dict[str, RowSource]
+  true_probs: dict[str, np.ndarray] | None = None
 
 
 def num_batches(num_rows: int, batch_size: int) -> int:

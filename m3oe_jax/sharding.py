@@ -1,0 +1,72 @@
+"""Device mesh, shardings of the train state and batches, and host-to-device transfer.
+
+The mesh has axes ('data', 'model'). Batches are split over 'data'; parameters
+and optimizer states are replicated, except embedding tables, which are
+row-sharded over `config.mesh.embedding_axis` when it names an axis. The mesh
+uses Auto axis types, so a gather from a row-sharded table needs no annotation.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "model")
+
+
+def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  data, model = int(config.data), int(config.model)
+  if model < 1:
+    raise ValueError(f"config.mesh.model must be >= 1, got {model}")
+  if data == -1:
+    if n % model:
+      raise ValueError(f"config.mesh.model={model} does not divide the {n} devices")
+    data = n // model
+  if data < 1 or data * model != n:
+    raise ValueError(
+        f"config.mesh: data={data} x model={model} = {data * model} devices, "
+        f"but {n} are available; the axis sizes must multiply to the device count")
+  if config.embedding_axis and config.embedding_axis not in AXES:
+    raise ValueError(f"config.mesh.embedding_axis={config.embedding_axis!r}; "
+                     f"expected '' or one of {AXES}")
+  mesh_devices = np.asarray(devices).reshape(data, model)
+  return Mesh(mesh_devices, AXES, axis_types=(AxisType.Auto,) * len(AXES))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, name: str) -> None:
+  shards = mesh.shape["data"]
+  if batch_size % shards or batch_size % jax.process_count():
+    raise ValueError(
+        f"config.{name}={batch_size} must be divisible by the data axis size "
+        f"{shards} and by the process count {jax.process_count()}")
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def state_shardings(abstract_state, mesh: Mesh, embedding_axis: str):
+  """A sharding for every leaf of a train state (or any tree holding params)."""
+
+  def for_leaf(path, leaf):
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    is_table = "embedding" in names and getattr(leaf, "ndim", 0) == 2
+    if embedding_axis and is_table and leaf.shape[0] % mesh.shape[embedding_axis] == 0:
+      return NamedSharding(mesh, P(embedding_axis, None))
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(for_leaf, abstract_state)
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's rows of a global batch, placed on the mesh's data axis."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

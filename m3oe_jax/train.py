@@ -1,0 +1,319 @@
+"""Trains and evaluates a ranking model: `python -m m3oe_jax.train --config=... --workdir=...`.
+
+Data flows one way: config -> dataset -> batches -> jitted steps -> metrics and
+checkpoints. Rerunning the same command resumes from the workdir's latest
+checkpoint; a finished run only re-reports its test metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from jax.experimental import multihost_utils
+from ml_collections import config_flags
+
+from m3oe_jax import checkpoint, metrics, optim, sharding, step
+from m3oe_jax.data import load_dataset, pipeline
+from m3oe_jax.models import build_model, init_params
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, metrics.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (multi-process runs).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jax.numpy.all(jax.numpy.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jax.numpy.all(jax.numpy.stack(leaves))
+
+
+def _save(store, which, state, progress, config, schema, validation=None):
+  """Saves `state` unless it holds a non-finite parameter (then raises)."""
+  if not bool(_all_finite(state.params)):
+    raise NonFiniteLossError(
+        f"non-finite parameters at step {int(state.step)}; stopping without saving. "
+        f"The checkpoints already in {store.root} are intact.")
+  store.save(which, state, progress, config, schema, validation)
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  for name in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
+               "checkpoint_every_steps"):
+    if int(config[name]) < 1:
+      raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
+  if int(config.patience) < 1:
+    raise ValueError(f"config.patience must be >= 1, got {config.patience}")
+  if config.optimizer.schedule == "darts" and int(config.optimizer.arch_every_steps) < 1:
+    raise ValueError("config.optimizer.arch_every_steps must be >= 1 for schedule 'darts'")
+
+
+class Trainer:
+  """The jitted steps of one run, bound to its model, mesh and data."""
+
+  def __init__(self, config, dataset: pipeline.Dataset, mesh):
+    self.config = config
+    self.dataset = dataset
+    self.schema = dataset.schema
+    self.mesh = mesh
+    self.model = build_model(config.model, self.schema)
+    for name in ("batch_size", "eval_batch_size"):
+      sharding.check_batch_size(int(config[name]), mesh, name)
+
+    params_shape = jax.eval_shape(
+        lambda rng: init_params(self.model, self.schema, rng), jax.random.key(0))
+    self.optimizers = optim.make_optimizers(config.optimizer, params_shape)
+    state_shape = jax.eval_shape(
+        lambda p: step.create_train_state(p, self.optimizers), params_shape)
+    self.state_sharding = sharding.state_shardings(state_shape, mesh,
+                                                   config.mesh.embedding_axis)
+    self.params_sharding = self.state_sharding.params
+    num_domains = self.schema.num_domains
+    self.model_step = jax.jit(
+        step.make_model_step(self.model, self.optimizers, config.optimizer.train_loss,
+                             num_domains),
+        out_shardings=(self.state_sharding, None), donate_argnums=0)
+    self.arch_step = jax.jit(
+        step.make_arch_step(self.model, self.optimizers, config.optimizer.arch_loss,
+                            num_domains),
+        out_shardings=(self.state_sharding, None), donate_argnums=0)
+    self.eval_step = jax.jit(step.make_eval_step(self.model))
+
+  def initial_state(self, seed: int):
+
+    def init(rng):
+      params = init_params(self.model, self.schema, rng)
+      return step.create_train_state(params, self.optimizers)
+
+    return jax.jit(init, out_shardings=self.state_sharding)(jax.random.key(seed))
+
+  def put(self, batch):
+    return sharding.put_batch(batch, self.mesh)
+
+  def train_batch(self, position: int):
+    return self.put(pipeline.shuffled_batch(
+        self.dataset.splits["train"], self.config.batch_size, self.config.seed, position,
+        jax.process_index(), jax.process_count()))
+
+  def arch_batch(self, arch_steps: int):
+    """The architecture step's batch: training data for reference/paper, validation
+    data for darts, each from a stream of its own."""
+    split = "validation" if self.config.optimizer.schedule == "darts" else "train"
+    return self.put(pipeline.shuffled_batch(
+        self.dataset.splits[split], self.config.batch_size, self.config.seed + 1,
+        arch_steps, jax.process_index(), jax.process_count()))
+
+  def evaluate(self, params, split: str) -> tuple[dict, np.ndarray | None]:
+    """Metrics over the whole split, from every process's rows, identical on all
+    processes; and the mean gate weight per (domain, task, expert)."""
+    source = self.dataset.splits[split]
+    outputs = []
+    for batch in pipeline.ordered_batches(source, self.config.eval_batch_size,
+                                          jax.process_index(), jax.process_count()):
+      outputs.append((self.eval_step(params, self.put(batch)), batch))
+    columns = {"probs": [], "gates": [], "labels": [], "domain": []}
+    for (probs, gates), batch in outputs:
+      host = {"labels": batch["labels"], "domain": batch["domain"], "mask": batch["mask"]}
+      if jax.process_count() > 1:
+        host = multihost_utils.process_allgather(host, tiled=True)
+      probs, gates = multihost_utils.process_allgather((probs, gates), tiled=True)
+      real = host["mask"] > 0
+      for name, value in (("probs", probs), ("gates", gates), ("labels", host["labels"]),
+                          ("domain", host["domain"])):
+        columns[name].append(None if value is None else np.asarray(value)[real])
+    probs, labels, domain = (np.concatenate(columns[k]) for k in ("probs", "labels", "domain"))
+    result = metrics.evaluate_predictions(probs, labels, domain, self.schema.domain_names,
+                                          self.schema.task_names)
+    gate_means = None
+    if columns["gates"][0] is not None:
+      gates = np.concatenate(columns["gates"])
+      gate_means = np.stack([
+          gates[domain == d].mean(0) if np.any(domain == d) else np.full(gates.shape[1:], np.nan)
+          for d in range(self.schema.num_domains)])                   # [D, T, E]
+    return result, gate_means
+
+
+class _Logger:
+  """Progress lines on the console, scalars to TensorBoard (process 0 only)."""
+
+  def __init__(self, workdir: pathlib.Path, total_steps: int, batch_size: int):
+    self.writer = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(str(workdir / "tensorboard"))
+    self.total_steps = total_steps
+    self.batch_size = batch_size
+    self.pending: list[tuple[int, jax.Array]] = []
+    self.mark = (time.perf_counter(), None)
+
+  def add_loss(self, step_number: int, loss: jax.Array) -> None:
+    self.pending.append((step_number, loss))
+
+  def check_finite(self) -> None:
+    """Raises on the first non-finite loss since the last check."""
+    values = jax.device_get([loss for _, loss in self.pending])
+    for (step_number, _), value in zip(self.pending, values):
+      if not math.isfinite(float(value)):
+        raise NonFiniteLossError(
+            f"training loss is {float(value)} at step {step_number}; stopping. "
+            "Nothing after the last finite check was saved. Lower "
+            "config.optimizer.model_lr or inspect the data.")
+    self.values = [float(v) for v in values]
+
+  def flush_progress(self, step_number: int) -> None:
+    if not self.pending:
+      return
+    self.check_finite()
+    now = time.perf_counter()
+    start_time, start_step = self.mark
+    steps = step_number - (start_step if start_step is not None else self.pending[0][0] - 1)
+    rate = steps * self.batch_size / max(now - start_time, 1e-9)
+    loss = float(np.mean(self.values))
+    eta = (self.total_steps - step_number) * self.batch_size / max(rate, 1e-9)
+    logging.info("step %d/%d  %.0f examples/s  loss %.5f  ETA %s", step_number,
+                 self.total_steps, rate, loss, time.strftime("%H:%M:%S", time.gmtime(eta)))
+    self.scalars({"train/loss": loss, "train/examples_per_second": rate}, step_number)
+    self.pending = []
+    self.mark = (now, step_number)
+
+  def scalars(self, values: dict[str, float], step_number: int) -> None:
+    if self.writer is not None:
+      for name, value in values.items():
+        self.writer.add_scalar(name, value, step_number)
+
+  def close(self):
+    if self.writer is not None:
+      self.writer.close()
+
+
+def _architecture_scalars(params, gate_means, schema) -> dict[str, float]:
+  values = {f"fusion/{name}": float(jax.nn.sigmoid(logit))
+            for name, logit in jax.device_get(params.get("arch", {})).items()}
+  if gate_means is not None:
+    for d, d_name in enumerate(schema.domain_names):
+      for t, t_name in enumerate(schema.task_names):
+        for e in range(gate_means.shape[-1]):
+          values[f"gates/{d_name}/{t_name}/expert{e}"] = float(gate_means[d, t, e])
+  return values
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains with early stopping, then evaluates the best weights on the test split.
+
+  Returns the test metrics (also written to `workdir/metrics.json`).
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  _check_config(config)
+  dataset = load_dataset(config.data)
+  mesh = sharding.make_mesh(config.mesh)
+  trainer = Trainer(config, dataset, mesh)
+  store = checkpoint.CheckpointStore(workdir)
+  store.check_compatible(config, dataset.schema)
+
+  state = trainer.initial_state(config.seed)
+  progress = checkpoint.Progress()
+  if store.latest_step() is not None:
+    state, progress, _ = store.restore("latest", state)
+    logging.info("resumed from %s at step %d (epoch %d, batch %d)", store.root,
+                 int(state.step), progress.epoch, progress.batch)
+
+  steps_per_epoch = pipeline.num_batches(len(dataset.splits["train"]), config.batch_size)
+  logger = _Logger(workdir, steps_per_epoch * config.num_epochs, config.batch_size)
+  schedule = config.optimizer.schedule
+
+  while not progress.finished and progress.epoch < config.num_epochs:
+    for index in range(progress.batch, steps_per_epoch):
+      state, out = trainer.model_step(state, trainer.train_batch(
+          progress.epoch * steps_per_epoch + index))
+      step_number = progress.epoch * steps_per_epoch + index + 1
+      logger.add_loss(step_number, out["loss"])
+      if schedule == "darts" and step_number % config.optimizer.arch_every_steps == 0:
+        state, _ = trainer.arch_step(state, trainer.arch_batch(progress.arch_steps))
+        progress.arch_steps += 1
+      progress.batch = index + 1
+      if step_number % config.log_every_steps == 0:
+        logger.flush_progress(step_number)
+      if step_number % config.checkpoint_every_steps == 0 and index + 1 < steps_per_epoch:
+        logger.check_finite()
+        _save(store, "latest", state, progress, config, dataset.schema)
+    logger.flush_progress(int(state.step))
+
+    if schedule in ("reference", "paper"):
+      state, _ = trainer.arch_step(state, trainer.arch_batch(progress.arch_steps))
+      progress.arch_steps += 1
+    validation, gate_means = trainer.evaluate(state.params, "validation")
+    epoch = progress.epoch
+    logging.info("epoch %d\n%s", epoch, metrics.format_table(validation, "validation"))
+    logger.scalars({**metrics.scalars(validation, "validation"),
+                    **_architecture_scalars(state.params, gate_means, dataset.schema)},
+                   int(state.step))
+    progress.epoch, progress.batch = epoch + 1, 0
+    score = validation["mean_auc"]
+    if score is not None and (progress.best_metric is None or score > progress.best_metric):
+      progress.best_metric, progress.best_step, progress.best_epoch = (
+          score, int(state.step), epoch)
+      progress.epochs_without_improvement = 0
+      _save(store, "best", state, progress, config, dataset.schema, validation)
+    else:
+      progress.epochs_without_improvement += 1
+    if progress.epochs_without_improvement >= config.patience:
+      logging.info("early stopping after epoch %d: no better validation mean AUC for "
+                   "%d epochs (best %.5f at epoch %d)", epoch, config.patience,
+                   progress.best_metric, progress.best_epoch)
+      progress.finished = True
+    progress.finished = progress.finished or progress.epoch >= config.num_epochs
+    _save(store, "latest", state, progress, config, dataset.schema, validation)
+  logger.close()
+
+  if store.latest_step("best") is None:
+    raise RuntimeError("no validation AUC was ever defined (every (domain, task) pair of "
+                       "the validation split has a single label class); nothing to test")
+  best_state, best_progress, _ = store.restore("best", state)
+  test, _ = trainer.evaluate(best_state.params, "test")
+  result = {"test": test, "best_epoch": best_progress.best_epoch,
+            "best_step": best_progress.best_step,
+            "best_validation_mean_auc": best_progress.best_metric}
+  if dataset.true_probs is not None:
+    test_split = dataset.splits["test"]
+    result["bayes_optimal_test"] = metrics.evaluate_predictions(
+        dataset.true_probs["test"], test_split.columns["labels"],
+        test_split.columns["domain"], dataset.schema.domain_names, dataset.schema.task_names)
+  if jax.process_index() == 0:
+    (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
+    print(metrics.format_table(test, f"test (best epoch {best_progress.best_epoch})"))
+    if "bayes_optimal_test" in result:
+      print(metrics.format_table(result["bayes_optimal_test"],
+                                 "test, Bayes-optimal (true probabilities)"))
+  return result
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Orbax reports every save and restore at INFO; keep the console to progress lines.
+  logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
