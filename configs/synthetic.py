@@ -6,7 +6,7 @@ structure M3oE's three expert views are built for, and it knows each row's true
 probability (the Bayes-optimal AUC is reported next to the model's).
 
 Variants (`--config=configs/synthetic.py:VARIANT`):
-  default  60k rows, 3 domains, 2 tasks, a reference-shaped model.
+  default  100k rows, 3 domains, 2 tasks, a reference-shaped model.
   tiny     a few thousand rows and a small model: a smoke run in seconds.
 """
 
@@ -20,19 +20,19 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.name = "synthetic"
   config.data.seed = 0
-  config.data.num_rows = 60_000
+  config.data.num_rows = 100_000
   config.data.num_domains = 3
   config.data.num_tasks = 2
-  config.data.vocab_sizes = [200, 300, 20, 50]
+  config.data.vocab_sizes = (100, 150, 20, 50)
   config.data.num_dense = 2
   config.data.domain_skew = 0.5  # 0: equal domains; larger: geometric skew
   config.data.latent_dim = 4
-  config.data.split = [0.8, 0.1, 0.1]
+  config.data.split = (0.8, 0.1, 0.1)
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "m3oe"
   config.model.embed_dim = 16
-  config.model.fcn_dims = [256, 128, 128, 64]
+  config.model.fcn_dims = (256, 128, 128, 64)
   config.model.num_shared_experts = 4
   config.model.arch_init = 1.0
   config.model.gate_stop_gradient = True
@@ -62,9 +62,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
 
   if variant == "tiny":
     config.data.num_rows = 4_000
-    config.data.vocab_sizes = [30, 40, 10]
+    config.data.vocab_sizes = (30, 40, 10)
     config.model.embed_dim = 8
-    config.model.fcn_dims = [32, 16, 16, 8]
+    config.model.fcn_dims = (32, 16, 16, 8)
     config.optimizer.model_lr = 3e-3
     config.batch_size = 128
     config.eval_batch_size = 512

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # One host, several GPUs: a single m3oe_jax.train process drives every local
 # GPU (JAX single-process multi-device). Run with --help for usage.
 set -euo pipefail
 
 PROG="single_host_gpu.sh"
-# shellcheck source-path=SCRIPTDIR
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 

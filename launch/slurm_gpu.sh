@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Submits launch/slurm_gpu.sbatch: multi-node GPU training under Slurm, one
 # task per node. Run with --help for usage.
 set -euo pipefail
 
 PROG="slurm_gpu.sh"
-# shellcheck source-path=SCRIPTDIR
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Cloud TPU VM launcher: single host (v5litepod-8, v4-8, ...) or pod slice
 # (v5litepod-64, v4-32, ...). Run with --help for usage.
 set -euo pipefail
 
 PROG="tpu_vm.sh"
-# shellcheck source-path=SCRIPTDIR
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -217,7 +217,8 @@ cmd_install() {
     local archive="${TMPDIR:-/tmp}/m3oe_jax_src_${TPU_NAME}.tgz"
     local remote_archive=/tmp/m3oe_jax_src.tgz
     run_cmd tar -czf "$archive" --exclude=.git --exclude=__pycache__ --exclude='*.egg-info' \
-      --exclude=.pytest_cache --exclude=.venv --exclude='./workdir*' -C "$REPO_ROOT" .
+      --exclude=.pytest_cache --exclude=.venv --exclude=./build --exclude='./workdir*' \
+      -C "$REPO_ROOT" .
     run_cmd "${TPU_CMD[@]}" scp "$archive" "$TPU_NAME:$remote_archive" "${LOCATION[@]}" --worker=all
     fetch="mkdir -p $R_DIR && tar -xzf $remote_archive -C $R_DIR"
   fi

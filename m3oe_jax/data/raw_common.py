@@ -1,0 +1,985 @@
+"""Shared machinery for preparing the raw KuaiRand and MovieLens files.
+
+The builders in `kuairand.py` and `movielens.py` only know their formats; this
+module does everything else, in a way that never holds the raw logs in memory:
+
+1. *Source*: find the original archive (explicit path, TFDS `manual_dir`, or a
+   download), verify its checksum, or accept a folder of extracted files in the
+   original layout (with a warning, since nothing can be verified).
+2. *Ingest*: read CSV-like files in blocks of whole lines with pyarrow, checking
+   every value; each dataset turns a block into a `Chunk` of raw columns
+   (domain, labels, raw sparse codes, raw dense values, sort keys), which is
+   spilled to flat files in a scratch directory.
+3. *Split*: temporal (by time, then user, then item, then file order), seeded
+   random, or file order (the reference code's), with exact sizes from the
+   configured ratios. The temporal cut points
+   are found by exact selection over the spilled time column, so no sort of
+   the whole data set is needed.
+4. *Vocabularies and statistics* from the training rows only; id 0 is the
+   out-of-vocabulary id of every sparse feature.
+5. *Encode* every split into columnar `.npy` files (what training gathers
+   from) and yield blocks of rows for the TFDS array_record files.
+
+Errors about the input are `RawDataError`s that name the file, the line and the
+column. All output goes into the directory TFDS prepares in (its
+`incomplete.*` directory, renamed only on success), so a failed run leaves
+nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import fnmatch
+import hashlib
+import io
+import json
+import logging
+import os
+import pathlib
+import re
+import shutil
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from m3oe_jax.data.schema import FeatureSchema
+
+log = logging.getLogger("m3oe_jax.data")
+
+SPLITS = ("train", "validation", "test")
+SPLIT_KINDS = ("temporal", "random", "file_order")
+OOV_ID = 0
+# Raw code of a missing value of an integer-valued sparse feature.
+MISSING = np.iinfo(np.int64).min
+BLOCK_ROWS = 8192
+READ_BLOCK_BYTES = 1 << 24  # raw text read per parse call
+COLUMNAR_DIR = "columnar"
+VOCAB_DIR = "vocab"
+SCHEMA_FILE = "m3oe_schema.json"
+
+
+class RawDataError(ValueError):
+  """The raw input is malformed; the message names the file, line and column."""
+
+
+class RawSourceNotFoundError(FileNotFoundError):
+  """No raw data was found; the message says what to download and where to put it."""
+
+
+# ----------------------------------------------------------------------------
+# Checksums and sources.
+
+
+def file_checksum(path: str | os.PathLike, algo: str) -> str:
+  h = hashlib.new(algo)
+  with open(path, "rb") as f:
+    while True:
+      block = f.read(1 << 22)
+      if not block:
+        break
+      h.update(block)
+  return h.hexdigest()
+
+
+def verify_checksum(path: str | os.PathLike, expected: str,
+                    expected_size: int | None = None) -> str:
+  """Checks `path` against `expected` ("md5:HEX" or "sha256:HEX")."""
+  algo, _, want = expected.partition(":")
+  if algo not in ("md5", "sha256") or not want:
+    raise ValueError(f"checksum {expected!r} must look like 'md5:HEX' or 'sha256:HEX'")
+  got = file_checksum(path, algo)
+  if got != want.lower():
+    size = os.path.getsize(path)
+    size_note = ""
+    if expected_size is not None and size != expected_size:
+      size_note = (f"; it has {size:,} bytes instead of {expected_size:,} "
+                   "(truncated or incomplete download?)")
+    raise RawDataError(
+        f"{path}: checksum mismatch: {algo} is {got}, expected {want}{size_note}. "
+        "The file is corrupt, truncated or a different version; download it again.")
+  return f"{algo}:{got}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchiveSpec:
+  """Where a raw archive comes from and how to recognise it."""
+  url: str
+  filename: str  # name of the archive file, e.g. "ml-1m.zip"
+  checksum: str  # "md5:..." or "sha256:..."
+  top_dir: str  # folder the files sit under, e.g. "ml-1m" or "KuaiRand-Pure"
+  size: int | None = None
+
+
+@dataclasses.dataclass
+class SourceOptions:
+  """Where the user said the raw data is (none of it is part of the data identity).
+
+  archive: an archive file; verified against `checksum` (default: the official one).
+  extracted_dir: a folder holding the extracted files in the original layout.
+  manual_dir: TFDS manual dir, searched for the archive and then for an extracted
+    folder named like the archive's top folder.
+  download: whether to download when nothing local is found.
+  """
+  archive: str = ""
+  checksum: str = ""
+  extracted_dir: str = ""
+  manual_dir: str = ""
+  download: bool = True
+
+
+class RawSource:
+  """Read access to the files of an archive or an extracted folder."""
+
+  def __init__(self, kind: str, path: str, checksum: str | None):
+    self.kind = kind  # "archive" | "extracted"
+    self.path = str(path)
+    self.checksum = checksum
+    self._names: list[str] | None = None
+
+  def describe(self) -> dict[str, Any]:
+    return {"kind": self.kind, "path": self.path,
+            "checksum": self.checksum or "not verified (extracted files)"}
+
+  def names(self) -> list[str]:
+    if self._names is None:
+      if self.kind == "extracted":
+        root = pathlib.Path(self.path)
+        self._names = sorted(
+            str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+      elif self.path.endswith(".zip"):
+        with self._archive_errors():
+          with zipfile.ZipFile(self.path) as z:
+            self._names = sorted(n for n in z.namelist() if not n.endswith("/"))
+      else:
+        with self._archive_errors():
+          with tarfile.open(self.path, "r:*") as t:
+            self._names = sorted(m.name for m in t.getmembers() if m.isfile())
+    return self._names
+
+  def find(self, pattern: str) -> list[str]:
+    """Members whose base name matches the glob `pattern`, sorted by name."""
+    return [n for n in self.names() if fnmatch.fnmatch(os.path.basename(n), pattern)]
+
+  def find_one(self, pattern: str, what: str) -> str:
+    found = self.find(pattern)
+    if not found:
+      raise RawDataError(
+          f"{self.path}: file {pattern!r} ({what}) is missing from this "
+          f"{self.kind} source (it holds {len(self.names())} files)")
+    if len(found) > 1:
+      raise RawDataError(f"{self.path}: several files match {pattern!r}: {found}")
+    return found[0]
+
+  def display(self, member: str) -> str:
+    sep = "/" if self.kind == "extracted" else ":"
+    return f"{self.path}{sep}{member}"
+
+  @contextlib.contextmanager
+  def _archive_errors(self, member: str = ""):
+    where = self.display(member) if member else self.path
+    try:
+      yield
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error,
+            OSError) as e:
+      if isinstance(e, FileNotFoundError):
+        raise
+      raise RawDataError(
+          f"{where}: cannot read the archive ({type(e).__name__}: {e}); it is "
+          "truncated or corrupt") from e
+
+  @contextlib.contextmanager
+  def open(self, member: str) -> Iterator[io.RawIOBase]:
+    if self.kind == "extracted":
+      with open(os.path.join(self.path, member), "rb") as f:
+        yield f
+      return
+    with self._archive_errors(member):
+      if self.path.endswith(".zip"):
+        with zipfile.ZipFile(self.path) as z, z.open(member) as f:
+          yield _ErrorWrappingReader(f, self, member)
+      else:
+        with tarfile.open(self.path, "r:*") as t:
+          f = t.extractfile(member)
+          yield _ErrorWrappingReader(f, self, member)
+
+
+class _ErrorWrappingReader:
+  """Turns decompression errors raised while reading into RawDataErrors."""
+
+  def __init__(self, f, source: RawSource, member: str):
+    self._f, self._source, self._member = f, source, member
+
+  def read(self, n: int = -1) -> bytes:
+    with self._source._archive_errors(self._member):  # pylint: disable=protected-access
+      return self._f.read(n)
+
+
+def _instructions(spec: ArchiveSpec, manual_dir: str) -> str:
+  return (
+      f"Download {spec.url} ({spec.checksum}"
+      + (f", {spec.size:,} bytes" if spec.size else "")
+      + f") and either put {spec.filename} in {manual_dir}, set "
+      f"config.data.archive to its path, or set config.data.extracted_dir to a "
+      f"folder holding its extracted files (the folder {spec.top_dir}/ "
+      "from the archive).")
+
+
+def resolve_source(spec: ArchiveSpec, options: SourceOptions,
+                   download_fn: Callable[[str], str] | None) -> RawSource:
+  """Finds the raw data, verifying the archive checksum where there is one.
+
+  Order: an explicit archive, an explicit extracted folder, the archive in the
+  manual dir, an extracted folder in the manual dir, a download.
+  """
+  expected = options.checksum or spec.checksum
+  expected_size = spec.size if not options.checksum else None
+  if options.archive:
+    path = os.path.expanduser(options.archive)
+    if not os.path.isfile(path):
+      raise RawSourceNotFoundError(
+          f"config.data.archive={path!r} does not exist. "
+          + _instructions(spec, options.manual_dir or "<manual_dir>"))
+    return RawSource("archive", path, verify_checksum(path, expected, expected_size))
+  if options.extracted_dir:
+    path = os.path.expanduser(options.extracted_dir)
+    if not os.path.isdir(path):
+      raise RawSourceNotFoundError(
+          f"config.data.extracted_dir={path!r} is not a folder. "
+          + _instructions(spec, options.manual_dir or "<manual_dir>"))
+    log.warning("reading extracted files in %s as they are: no checksum was checked",
+                path)
+    return RawSource("extracted", path, None)
+  manual = os.path.expanduser(options.manual_dir) if options.manual_dir else ""
+  if manual:
+    archive = os.path.join(manual, spec.filename)
+    if os.path.isfile(archive):
+      return RawSource("archive", archive,
+                       verify_checksum(archive, expected, expected_size))
+    extracted = os.path.join(manual, spec.top_dir)
+    if os.path.isdir(extracted):
+      log.warning("reading extracted files in %s as they are: no checksum was "
+                  "checked", extracted)
+      return RawSource("extracted", extracted, None)
+  if options.download and download_fn is not None:
+    try:
+      path = download_fn(spec.url)
+    except Exception as e:  # pylint: disable=broad-except
+      raise RawSourceNotFoundError(
+          f"downloading {spec.url} failed ({type(e).__name__}: {e}). "
+          + _instructions(spec, manual or "<manual_dir>")) from e
+    return RawSource("archive", str(path),
+                     verify_checksum(path, expected, expected_size))
+  raise RawSourceNotFoundError(
+      f"no raw data for {spec.filename}: not in manual_dir {manual or '(unset)'}, "
+      "no config.data.archive or config.data.extracted_dir given"
+      + ("" if options.download else ", and config.data.download is False")
+      + ". " + _instructions(spec, manual or "<manual_dir>"))
+
+
+# ----------------------------------------------------------------------------
+# Reading delimited text in blocks.
+
+
+@dataclasses.dataclass
+class TextFormat:
+  delimiter: str = ","
+  header: bool = True
+  column_names: tuple[str, ...] = ()  # for files without a header
+  encoding: str = "utf8"
+  quote: bool = True
+  multi_char_delimiter: bytes = b""  # replaced by `delimiter` before parsing
+
+
+def _check_encoding(head: bytes, where: str, encoding: str) -> None:
+  if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head[:65536]:
+    raise RawDataError(
+        f"{where}: unreadable encoding: the file holds NUL bytes or a UTF-16 "
+        f"byte-order mark, but must be {encoding} text")
+
+
+def iter_line_blocks(f, where: str, block_bytes: int, encoding: str
+                     ) -> Iterator[tuple[int, bytes]]:
+  """Yields (number of lines before the block, block of whole lines)."""
+  carry = b""
+  lines_before = 0
+  first = True
+  while True:
+    data = f.read(block_bytes)
+    if first:
+      _check_encoding(data, where, encoding)
+      first = False
+    if not data:
+      if carry.strip():
+        yield lines_before, carry
+      return
+    data = carry + data
+    cut = data.rfind(b"\n")
+    if cut < 0:
+      carry = data
+      continue
+    block, carry = data[:cut + 1], data[cut + 1:]
+    yield lines_before, block
+    lines_before += block.count(b"\n")
+
+
+def _header_names(first_line: bytes, where: str, fmt: TextFormat) -> list[str]:
+  try:
+    text = first_line.decode(fmt.encoding)
+  except UnicodeDecodeError as e:
+    raise RawDataError(f"{where}, line 1: unreadable encoding in the header ({e})") from e
+  names = next(csv.reader([text.strip("\r\n")], delimiter=fmt.delimiter))
+  return [n.strip().lstrip("\ufeff") for n in names]
+
+
+def _locate_bad_line(block: bytes, fmt: TextFormat, names: Sequence[str],
+                     message: str) -> tuple[int | None, str | None, str | None]:
+  """Finds (line offset in block, column, value) of the error pyarrow reported."""
+  text_lines = block.split(b"\n")
+  m = re.search(r"column #(\d+)", message)
+  col_index = int(m.group(1)) if m else None
+  for i, raw in enumerate(text_lines):
+    if not raw.strip():
+      continue
+    try:
+      line = raw.decode(fmt.encoding)
+    except UnicodeDecodeError:
+      return i, None, repr(raw[:60])
+    fields = next(csv.reader([line.rstrip("\r")], delimiter=fmt.delimiter,
+                             quoting=csv.QUOTE_MINIMAL if fmt.quote else csv.QUOTE_NONE))
+    if len(fields) != len(names):
+      return i, None, line[:80]
+    if col_index is not None and "conversion error" in message:
+      value = fields[col_index]
+      kind = "int" if "int" in message else "float"
+      try:
+        if value != "":
+          int(value) if kind == "int" else float(value)
+      except ValueError:
+        return i, names[col_index], value
+  return None, (names[col_index] if col_index is not None else None), None
+
+
+def read_blocks(source: RawSource, member: str, fmt: TextFormat,
+                columns: Mapping[str, pa.DataType], *, block_bytes: int | None = None,
+                ) -> Iterator[tuple[int, pa.Table]]:
+  """Yields (file line number of the block's first row, table of `columns`).
+
+  Every requested column must exist (a clear error lists the missing ones);
+  values are converted to the requested types, and a value that does not
+  convert is reported with its file, line and column.
+  """
+  where = source.display(member)
+  with source.open(member) as f:
+    blocks = iter_line_blocks(f, where, block_bytes or READ_BLOCK_BYTES, fmt.encoding)
+    if fmt.header:
+      try:
+        _, first = next(blocks)
+      except StopIteration:
+        raise RawDataError(f"{where}: the file is empty (no header line)") from None
+      nl = first.find(b"\n")
+      header_line, rest = (first, b"") if nl < 0 else (first[:nl + 1], first[nl + 1:])
+      names = _header_names(header_line, where, fmt)
+      blocks = _chain_first(((1, rest),) if rest.strip() else (), blocks)
+    else:
+      names = list(fmt.column_names)
+    missing = [c for c in columns if c not in names]
+    if missing:
+      raise RawDataError(
+          f"{where}: missing column(s) {missing}; the file has columns {names}")
+    convert = pa_csv.ConvertOptions(
+        column_types=dict(columns), include_columns=list(columns),
+        strings_can_be_null=False, check_utf8=True)
+    read_opts = pa_csv.ReadOptions(column_names=names, use_threads=False,
+                                   encoding=fmt.encoding if fmt.encoding != "utf8" else "utf8")
+    parse_opts = pa_csv.ParseOptions(delimiter=fmt.delimiter,
+                                     quote_char='"' if fmt.quote else False)
+    for lines_before, block in blocks:
+      if fmt.multi_char_delimiter:
+        block = block.replace(fmt.multi_char_delimiter, fmt.delimiter.encode())
+      try:
+        table = pa_csv.read_csv(io.BytesIO(block), read_options=read_opts,
+                                parse_options=parse_opts, convert_options=convert)
+      except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        msg = str(e)
+        offset, col, value = _locate_bad_line(block, fmt, names, msg)
+        line = f", line {lines_before + offset + 1}" if offset is not None else ""
+        col_s = f", column {col!r}" if col else ""
+        val = f", value {value!r}" if value is not None else ""
+        if "UTF8" in msg or "utf8" in msg.lower() or "decode" in msg.lower():
+          kind = f"unreadable encoding (not valid {fmt.encoding})"
+        elif "Expected" in msg and "columns" in msg:
+          kind = ("wrong number of fields (truncated file or malformed row): "
+                  + msg.split(":")[1].strip() if ":" in msg else msg)
+        elif "conversion error" in msg:
+          kind = "not a number" if ("int" in msg or "double" in msg) else msg
+        else:
+          kind = msg
+        raise RawDataError(f"{where}{line}{col_s}: {kind}{val} ({msg})") from e
+      yield lines_before + 1, table
+
+
+def _chain_first(first: Iterable[tuple[int, bytes]], rest: Iterator[tuple[int, bytes]]
+                 ) -> Iterator[tuple[int, bytes]]:
+  yield from first
+  yield from rest
+
+
+def column_int(table: pa.Table, name: str, where: str, first_line: int, *,
+               allow_missing: bool = False) -> np.ndarray:
+  """An integer column as int64; missing values are an error unless allowed."""
+  col = table.column(name)
+  if col.null_count:
+    if not allow_missing:
+      bad = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+      raise RawDataError(f"{where}, line {first_line + bad}, column {name!r}: "
+                         "missing value")
+    return col.fill_null(MISSING).to_numpy().astype(np.int64)
+  return col.to_numpy().astype(np.int64)
+
+
+def column_float(table: pa.Table, name: str, where: str, first_line: int, *,
+                 check_finite: bool) -> np.ndarray:
+  col = table.column(name)
+  values = col.to_numpy(zero_copy_only=False).astype(np.float64)
+  if check_finite:
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+      raise RawDataError(
+          f"{where}, line {first_line + int(bad[0])}, column {name!r}: dense value "
+          f"{values[bad[0]]} is missing, NaN or infinite")
+  return values
+
+
+def float_codes(table: pa.Table, name: str, where: str, first_line: int) -> np.ndarray:
+  """A categorical column written as numbers (possibly with gaps) as int64 codes."""
+  values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+  finite = np.isfinite(values)
+  if np.any(finite & (values != np.round(values))):
+    bad = int(np.flatnonzero(finite & (values != np.round(values)))[0])
+    raise RawDataError(f"{where}, line {first_line + bad}, column {name!r}: "
+                       f"categorical value {values[bad]} is not an integer")
+  out = np.full(values.shape, MISSING, np.int64)
+  out[finite] = values[finite].astype(np.int64)
+  return out
+
+
+def check_binary(values: np.ndarray, name: str, where: str, first_line: int) -> None:
+  bad = np.flatnonzero((values != 0) & (values != 1))
+  if len(bad):
+    raise RawDataError(
+        f"{where}, line {first_line + int(bad[0])}, column {name!r}: label "
+        f"{values[bad[0]]} is outside {{0, 1}}")
+
+
+class StringCoder:
+  """Maps strings to stable int64 codes (order of first appearance)."""
+
+  def __init__(self):
+    self.codes: dict[str, int] = {}
+    self.strings: list[str] = []
+
+  def code(self, s: str) -> int:
+    c = self.codes.get(s)
+    if c is None:
+      c = self.codes[s] = len(self.strings)
+      self.strings.append(s)
+    return c
+
+  def encode(self, array: pa.Array | pa.ChunkedArray,
+             transform: Callable[[str], str] | None = None) -> np.ndarray:
+    """Codes of a string column; missing values become the string ''."""
+    if isinstance(array, pa.ChunkedArray):
+      array = array.combine_chunks()
+    array = array.fill_null("")
+    enc = array.dictionary_encode()
+    dictionary = enc.dictionary.to_pylist()
+    if transform is not None:
+      dictionary = [transform(s) for s in dictionary]
+    lookup = np.array([self.code(s) for s in dictionary], np.int64)
+    indices = enc.indices.to_numpy(zero_copy_only=False)
+    return lookup[indices] if len(lookup) else np.zeros(len(indices), np.int64)
+
+
+def lookup_rows(keys_sorted: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Positions of `query` in the sorted unique `keys_sorted`, and which were found."""
+  if len(keys_sorted) == 0:
+    return np.zeros(len(query), np.int64), np.zeros(len(query), bool)
+  pos = np.minimum(np.searchsorted(keys_sorted, query), len(keys_sorted) - 1)
+  return pos, keys_sorted[pos] == query
+
+
+# ----------------------------------------------------------------------------
+# The prepared dataset description.
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureDef:
+  """One prepared feature. `kind` is 'int' (raw ints, vocabulary of values) or
+  'str' (strings coded by a StringCoder); dense features have kind 'dense'."""
+  name: str
+  kind: str
+
+
+@dataclasses.dataclass
+class Chunk:
+  """Raw rows of one block after filtering, in file order."""
+  domain: np.ndarray  # int32 [n]
+  labels: np.ndarray  # uint8 [n, T]
+  sparse: np.ndarray  # int64 [n, S] raw codes
+  dense: np.ndarray  # float64 [n, Q] (already transformed, not yet scaled)
+  time: np.ndarray  # int64 [n]
+  user: np.ndarray  # int64 [n]
+  item: np.ndarray  # int64 [n]
+
+
+@dataclasses.dataclass
+class PrepareSpec:
+  dataset: str  # "kuairand" | "movielens"
+  sparse: tuple[FeatureDef, ...]
+  dense_names: tuple[str, ...]
+  domain_names: tuple[str, ...]
+  task_names: tuple[str, ...]
+  split: str  # "temporal" | "random"
+  split_ratios: tuple[float, ...]
+  split_seed: int
+  coders: Mapping[str, StringCoder]  # string features' coders, by feature name
+  source: Mapping[str, Any]  # provenance recorded in the schema
+
+
+class _Spill:
+  """Append-only flat files of fixed-width columns."""
+
+  def __init__(self, directory: str, layout: Mapping[str, tuple[np.dtype, int]]):
+    self.dir = directory
+    self.layout = {k: (np.dtype(d), w) for k, (d, w) in layout.items()}
+    self.files = {k: open(os.path.join(directory, k + ".bin"), "wb") for k in layout}
+    self.rows = 0
+
+  def append(self, columns: Mapping[str, np.ndarray]) -> None:
+    n = None
+    for k, (dtype, width) in self.layout.items():
+      a = np.ascontiguousarray(columns[k], dtype)
+      rows = a.shape[0]
+      assert a.size == rows * width, (k, a.shape, width)
+      n = rows if n is None else n
+      assert rows == n
+      self.files[k].write(a.tobytes())
+    self.rows += n or 0
+
+  def close(self) -> dict[str, np.ndarray]:
+    for f in self.files.values():
+      f.close()
+    out = {}
+    for k, (dtype, width) in self.layout.items():
+      shape = (self.rows, width) if width != 1 else (self.rows,)
+      if self.rows == 0:
+        out[k] = np.zeros(shape, dtype)
+      else:
+        out[k] = np.memmap(os.path.join(self.dir, k + ".bin"), dtype, "r", shape=shape)
+    return out
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+  for start in range(0, n, size):
+    yield slice(start, min(start + size, n))
+
+
+def split_sizes(n: int, ratios: Sequence[float]) -> tuple[int, int, int]:
+  if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
+    raise ValueError(f"split_ratios must be three non-negative numbers, got {ratios}")
+  total = float(sum(ratios))
+  n_train = int(n * ratios[0] / total)
+  n_val = int(n * ratios[1] / total)
+  return n_train, n_val, n - n_train - n_val
+
+
+def _kth_smallest(values: np.ndarray, k: int, chunk: int) -> int:
+  """Exact k-th smallest (0-based) of an int64 array read in chunks."""
+  lo = min(int(values[s].min()) for s in _chunks(len(values), chunk))
+  hi = max(int(values[s].max()) for s in _chunks(len(values), chunk))
+  below = 0  # values < lo
+  while True:
+    if hi - lo < 1024:
+      edges = np.arange(lo, hi + 2, dtype=np.int64)
+    else:
+      edges = np.unique(np.linspace(lo, hi + 1, 1025).astype(np.int64))
+    counts = np.zeros(len(edges) - 1, np.int64)
+    for s in _chunks(len(values), chunk):
+      v = np.asarray(values[s])
+      v = v[(v >= lo) & (v <= hi)]
+      counts += np.bincount(np.searchsorted(edges, v, side="right") - 1,
+                            minlength=len(counts))[:len(counts)]
+    cum = np.cumsum(counts)
+    b = int(np.searchsorted(cum, k - below, side="right"))
+    below += int(cum[b - 1]) if b > 0 else 0
+    lo, hi = int(edges[b]), int(edges[b + 1]) - 1
+    if lo == hi:
+      return lo
+
+
+def temporal_assignment(time: np.ndarray, user: np.ndarray, item: np.ndarray,
+                        sizes: Sequence[int], chunk: int) -> np.ndarray:
+  """Split index of every row when rows are ordered by (time, user, item, row).
+
+  No global sort: each cut's time is found by exact selection, and only the
+  rows tied at that time are sorted.
+  """
+  n = len(time)
+  part = np.zeros(n, np.uint8)
+  cut = 0
+  for size in sizes[:-1]:
+    cut += size
+    if cut >= n:
+      break
+    t = _kth_smallest(time, cut, chunk)
+    below = 0
+    tied = []
+    for s in _chunks(n, chunk):
+      v = np.asarray(time[s])
+      part[s] += (v > t)
+      below += int(np.count_nonzero(v < t))
+      tied.append(np.flatnonzero(v == t) + s.start)
+    tied = np.concatenate(tied)
+    order = np.lexsort((tied, np.asarray(item[tied]), np.asarray(user[tied])))
+    after = tied[order[cut - below:]]
+    part[after] += 1
+  return part
+
+
+def random_assignment(n: int, sizes: Sequence[int], seed: int) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  perm = np.arange(n, dtype=np.uint32 if n < 2**32 else np.int64)
+  rng.shuffle(perm)
+  part = np.empty(n, np.uint8)
+  start = 0
+  for i, size in enumerate(sizes):
+    part[perm[start:start + size]] = i
+    start += size
+  return part
+
+
+def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
+            scratch_dir: str | None = None, chunk_rows: int = 1 << 20) -> dict[str, Any]:
+  """Runs ingest, split, vocabularies, statistics and encoding (see module doc).
+
+  Writes `out_dir/columnar/<split>/{sparse,dense,domain,labels}.npy`,
+  `out_dir/vocab/<feature>.npy` and `out_dir/m3oe_schema.json`, and returns the
+  metadata to record with the dataset (`schema` is the FeatureSchema dict).
+  """
+  S, Q, T = len(spec.sparse), len(spec.dense_names), len(spec.task_names)
+  scratch_parent = scratch_dir or out_dir
+  os.makedirs(scratch_parent, exist_ok=True)
+  scratch = tempfile.mkdtemp(prefix="m3oe-raw-", dir=scratch_parent)
+  try:
+    spill = _Spill(scratch, {
+        "domain": (np.int32, 1), "labels": (np.uint8, T), "sparse": (np.int64, S),
+        "dense": (np.float64, Q), "time": (np.int64, 1), "user": (np.int64, 1),
+        "item": (np.int64, 1)})
+    for c in chunks:
+      spill.append(dataclasses.asdict(c))
+    raw = spill.close()
+    n = spill.rows
+    if n == 0:
+      raise RawDataError(
+          f"{spec.source.get('path', '?')}: no rows left after selecting domains "
+          f"{list(spec.domain_names)}")
+    empty_domains = [d for i, d in enumerate(spec.domain_names)
+                     if not _any_equal(raw["domain"], i, chunk_rows)]
+    if empty_domains:
+      raise RawDataError(
+          f"{spec.source.get('path', '?')}: configured domain(s) {empty_domains} "
+          "have no rows in the raw data")
+    sizes = split_sizes(n, spec.split_ratios)
+    empty = [s for s, k in zip(SPLITS, sizes) if k == 0]
+    if empty:
+      raise RawDataError(
+          f"split {empty} would be empty: {n} rows with ratios "
+          f"{list(spec.split_ratios)} give sizes {dict(zip(SPLITS, sizes))}")
+    if spec.split == "temporal":
+      part = temporal_assignment(raw["time"], raw["user"], raw["item"], sizes, chunk_rows)
+    elif spec.split == "random":
+      part = random_assignment(n, sizes, spec.split_seed)
+    elif spec.split == "file_order":  # the reference code's slicing of its file
+      part = np.repeat(np.arange(3, dtype=np.uint8), sizes)
+    else:
+      raise ValueError(f"split must be one of {SPLIT_KINDS}, got {spec.split!r}")
+
+    # Vocabularies and dense statistics from the training rows only.
+    uniques: list[list[np.ndarray]] = [[] for _ in range(S)]
+    dmin = np.full(Q, np.inf)
+    dmax = np.full(Q, -np.inf)
+    D = len(spec.domain_names)
+    rows = np.zeros((3, D), np.int64)
+    positives = np.zeros((3, D, T), np.int64)
+    for s in _chunks(n, chunk_rows):
+      p = part[s]
+      dom = np.asarray(raw["domain"][s])
+      lab = np.asarray(raw["labels"][s]).reshape(-1, T)
+      for k in range(3):
+        m = p == k
+        rows[k] += np.bincount(dom[m], minlength=D)
+        for t in range(T):
+          positives[k, :, t] += np.bincount(dom[m], weights=lab[m, t], minlength=D
+                                            ).astype(np.int64)
+      train = p == 0
+      if not train.any():
+        continue
+      sp = np.asarray(raw["sparse"][s]).reshape(-1, S)[train]
+      for j in range(S):
+        uniques[j].append(np.unique(sp[:, j]))
+        if len(uniques[j]) > 16:
+          uniques[j] = [np.unique(np.concatenate(uniques[j]))]
+      if Q:
+        de = np.asarray(raw["dense"][s]).reshape(-1, Q)[train]
+        dmin = np.minimum(dmin, de.min(axis=0))
+        dmax = np.maximum(dmax, de.max(axis=0))
+    vocabs = [np.unique(np.concatenate(u)) if u else np.zeros(0, np.int64)
+              for u in uniques]
+    span = np.where(dmax > dmin, dmax - dmin, 1.0)
+
+    # Encode every split.
+    counts = [int(k) for k in sizes]
+    col_dir = os.path.join(out_dir, COLUMNAR_DIR)
+    outs = {}
+    for k, split in enumerate(SPLITS):
+      d = os.path.join(col_dir, split)
+      os.makedirs(d, exist_ok=True)
+      outs[split] = {
+          "sparse": np.lib.format.open_memmap(os.path.join(d, "sparse.npy"), "w+",
+                                              np.int32, (counts[k], S)),
+          "dense": np.lib.format.open_memmap(os.path.join(d, "dense.npy"), "w+",
+                                             np.float32, (counts[k], Q)),
+          "domain": np.lib.format.open_memmap(os.path.join(d, "domain.npy"), "w+",
+                                              np.int32, (counts[k],)),
+          "labels": np.lib.format.open_memmap(os.path.join(d, "labels.npy"), "w+",
+                                              np.float32, (counts[k], T)),
+      }
+    filled = [0, 0, 0]
+    oov = np.zeros((3, S), np.int64)
+    for s in _chunks(n, chunk_rows):
+      p = part[s]
+      sp = np.asarray(raw["sparse"][s]).reshape(-1, S)
+      ids = np.empty(sp.shape, np.int32)
+      for j in range(S):
+        pos, found = lookup_rows(vocabs[j], sp[:, j])
+        ids[:, j] = np.where(found, pos + 1, OOV_ID)
+      de = ((np.asarray(raw["dense"][s]).reshape(-1, Q) - dmin) / span
+            ).astype(np.float32) if Q else np.zeros((len(p), 0), np.float32)
+      dom = np.asarray(raw["domain"][s])
+      lab = np.asarray(raw["labels"][s]).reshape(-1, T).astype(np.float32)
+      for k, split in enumerate(SPLITS):
+        m = p == k
+        c = int(np.count_nonzero(m))
+        if not c:
+          continue
+        o = outs[split]
+        sl = slice(filled[k], filled[k] + c)
+        o["sparse"][sl] = ids[m]
+        o["dense"][sl] = de[m]
+        o["domain"][sl] = dom[m]
+        o["labels"][sl] = lab[m]
+        oov[k] += np.count_nonzero(ids[m] == OOV_ID, axis=0)
+        filled[k] += c
+    for split in SPLITS:
+      for a in outs[split].values():
+        a.flush()
+    del outs
+    assert filled == counts, (filled, counts)
+
+    # Vocabularies, for mapping new raw values later.
+    vdir = os.path.join(out_dir, VOCAB_DIR)
+    os.makedirs(vdir, exist_ok=True)
+    for f, v in zip(spec.sparse, vocabs):
+      if f.kind == "str":
+        strings = spec.coders[f.name].strings
+        np.save(os.path.join(vdir, f.name + ".npy"), np.array([strings[i] for i in v]))
+      else:
+        np.save(os.path.join(vdir, f.name + ".npy"), v)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+
+  stats = {}
+  for k, split in enumerate(SPLITS):
+    stats[split] = {}
+    for d, dname in enumerate(spec.domain_names):
+      r = int(rows[k, d])
+      stats[split][dname] = {
+          "rows": r,
+          "positives": {t: int(positives[k, d, i]) for i, t in enumerate(spec.task_names)},
+          "positive_rate": {t: (float(positives[k, d, i]) / r if r else 0.0)
+                            for i, t in enumerate(spec.task_names)},
+      }
+  source = {
+      **spec.source,
+      "dataset": spec.dataset,
+      "split": spec.split,
+      "split_ratios": [float(r) for r in spec.split_ratios],
+      "split_seed": int(spec.split_seed) if spec.split == "random" else None,
+      "num_rows": {s: c for s, c in zip(SPLITS, counts)},
+      "counts": stats,
+      "oov_rows": {s: {f.name: int(oov[k, j]) for j, f in enumerate(spec.sparse)}
+                   for k, s in enumerate(SPLITS)},
+      "dense_min": {q: float(dmin[i]) for i, q in enumerate(spec.dense_names)},
+      "dense_max": {q: float(dmax[i]) for i, q in enumerate(spec.dense_names)},
+      "oov_id": OOV_ID,
+  }
+  schema = FeatureSchema(
+      sparse_names=tuple(f.name for f in spec.sparse),
+      vocab_sizes=tuple(len(v) + 1 for v in vocabs),
+      dense_names=spec.dense_names,
+      domain_names=spec.domain_names,
+      task_names=spec.task_names,
+      source=source)
+  with open(os.path.join(out_dir, SCHEMA_FILE), "w") as f:
+    f.write(schema.to_json())
+  print(format_counts(schema))
+  return {"schema": json.loads(schema.to_json())}
+
+
+def _any_equal(values: np.ndarray, x: int, chunk: int) -> bool:
+  return any(np.any(np.asarray(values[s]) == x) for s in _chunks(len(values), chunk))
+
+
+def format_counts(schema: FeatureSchema) -> str:
+  """Per-(split, domain, task) row counts and positive rates as a table."""
+  counts = schema.source["counts"]
+  tasks = schema.task_names
+  head = f"{'split':<11}{'domain':<16}{'rows':>12}" + "".join(
+      f"{t + ' rate':>18}" for t in tasks)
+  lines = [f"{schema.source.get('dataset', '')} ({schema.source.get('split')} split): "
+           "rows and positive rates per (domain, task)", head]
+  for split in SPLITS:
+    for d in schema.domain_names:
+      c = counts[split][d]
+      lines.append(f"{split:<11}{d:<16}{c['rows']:>12,}" + "".join(
+          f"{c['positive_rate'][t]:>18.4f}" for t in tasks))
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------
+# TFDS glue shared by the builders.
+
+
+def block_features(num_sparse: int, num_dense: int, num_tasks: int):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  enc = tfds.features.Encoding.BYTES
+  feats = {
+      "row_offset": tfds.features.Scalar(dtype=np.int64),
+      "sparse": tfds.features.Tensor(shape=(None, num_sparse), dtype=np.int32, encoding=enc),
+      "domain": tfds.features.Tensor(shape=(None,), dtype=np.int32, encoding=enc),
+      "labels": tfds.features.Tensor(shape=(None, num_tasks), dtype=np.float32,
+                                     encoding=enc),
+  }
+  if num_dense:  # TFDS cannot decode a zero-width tensor
+    feats["dense"] = tfds.features.Tensor(shape=(None, num_dense), dtype=np.float32,
+                                          encoding=enc)
+  return tfds.features.FeaturesDict(feats)
+
+
+def generate_blocks(out_dir: str, split: str, block_rows: int = BLOCK_ROWS
+                    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+  cols = load_columnar(os.path.join(out_dir, COLUMNAR_DIR, split), mmap=True)
+  n = len(cols["domain"])
+  for i, s in enumerate(_chunks(n, block_rows)):
+    ex = {"row_offset": s.start, "sparse": np.asarray(cols["sparse"][s]),
+          "domain": np.asarray(cols["domain"][s]), "labels": np.asarray(cols["labels"][s])}
+    if cols["dense"].shape[1]:
+      ex["dense"] = np.asarray(cols["dense"][s])
+    yield i, ex
+
+
+def load_columnar(split_dir: str, mmap: bool) -> dict[str, np.ndarray]:
+  return {k: np.load(os.path.join(split_dir, k + ".npy"), mmap_mode="r" if mmap else None)
+          for k in ("sparse", "dense", "domain", "labels")}
+
+
+def settings_hash(settings: Mapping[str, Any]) -> str:
+  text = json.dumps(settings, sort_keys=True, default=str)
+  return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+# ----------------------------------------------------------------------------
+# The TFDS builder both datasets share.
+
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@dataclasses.dataclass(eq=False)
+class RawBuilderConfig(tfds.core.BuilderConfig):
+  """A builder config whose `settings` (domains, tasks, features, split) are
+  part of the prepared data's identity."""
+  settings: dict = dataclasses.field(default_factory=dict)
+
+
+class RawTableBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Prepares a raw table dataset into array_record blocks plus columnar files.
+
+  Each TFDS example is a block of up to `BLOCK_ROWS` consecutive rows of a
+  split (`row_offset` is its first row), so TFDS readers decode whole blocks.
+  Subclasses define `archive_spec()` and `prepare_into(source, out_dir)`.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  HOMEPAGE = ""
+  CITATION = ""
+
+  def __init__(self, *, source_options: SourceOptions | None = None,
+               scratch_dir: str | None = None, chunk_rows: int = 1 << 20, **kwargs):
+    self._source_options = source_options or SourceOptions()
+    self._scratch_dir = scratch_dir
+    self._chunk_rows = int(chunk_rows)
+    kwargs.setdefault("file_format", "array_record")
+    super().__init__(**kwargs)
+
+  @property
+  def settings(self) -> dict:
+    return self.builder_config.settings
+
+  def _info(self):
+    s = self.settings
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.__doc__,
+        features=block_features(len(s["sparse_features"]), len(s["dense_features"]),
+                                len(s["tasks"])),
+        homepage=self.HOMEPAGE,
+        citation=self.CITATION,
+        metadata=tfds.core.MetadataDict(),
+        disable_shuffling=True,
+    )
+
+  def archive_spec(self) -> ArchiveSpec:
+    raise NotImplementedError
+
+  def prepare_into(self, source: RawSource, out_dir: str) -> dict[str, Any]:
+    raise NotImplementedError
+
+  def _split_generators(self, dl_manager):
+    options = dataclasses.replace(self._source_options)
+    if not options.manual_dir:
+      options.manual_dir = os.fspath(
+          getattr(dl_manager, "_manual_dir", None)
+          or os.path.join(os.fspath(self.data_dir_root), "downloads", "manual"))
+    source = resolve_source(self.archive_spec(), options,
+                            download_fn=lambda url: os.fspath(dl_manager.download(url)))
+    out_dir = os.fspath(self.data_dir)  # TFDS's incomplete.* directory while preparing
+    meta = self.prepare_into(source, out_dir)
+    meta["schema"]["source"].update({
+        "builder": self.name, "builder_config": self.builder_config.name,
+        "version": str(self.version), "settings": self.settings})
+    with open(os.path.join(out_dir, SCHEMA_FILE), "w") as f:
+      json.dump(meta["schema"], f, indent=2, sort_keys=True)
+    self.info.metadata.update(meta)
+    return {split: self._generate_examples(out_dir, split) for split in SPLITS}
+
+  def _generate_examples(self, out_dir: str, split: str):
+    yield from generate_blocks(out_dir, split)

@@ -1,0 +1,224 @@
+"""From `config.data` to a prepared KuaiRand or MovieLens `Dataset`.
+
+`load(config.data)` prepares the dataset once (TFDS `download_and_prepare`, in
+TFDS's `incomplete.*` directory, renamed only when everything succeeded) and
+then serves every split from the columnar `.npy` files written next to the
+array_record files:
+
+  placement='host'    the columns are read into host memory (`ArraySource`);
+  placement='stream'  the columns stay memory-mapped: a batch reads only its
+                      rows, in row order, so each process reads only its share;
+  placement='device'  the columns are put on the default device and batches are
+                      gathered there (only the batch's row indices travel);
+  placement='auto'    'host' up to `max_host_bytes`, else 'stream'.
+
+Prepared data is found again from the settings alone (the TFDS config name
+holds a hash of them), so evaluation later needs no raw files.
+
+To prepare without training: `python -m m3oe_jax.data.tfds_loader
+--config=configs/kuairand.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from typing import Any, Mapping
+
+import ml_collections
+import numpy as np
+
+from m3oe_jax.data import raw_common as rc
+from m3oe_jax.data.pipeline import SPLITS, ArraySource, Dataset
+from m3oe_jax.data.schema import BATCH_KEYS, FeatureSchema
+
+log = logging.getLogger("m3oe_jax.data")
+
+DEFAULT_DATA_DIR = "~/tensorflow_datasets"
+
+
+def _modules(name: str):
+  if name == "kuairand":
+    from m3oe_jax.data import kuairand  # pylint: disable=g-import-not-at-top
+    return kuairand, kuairand.M3oeKuairand
+  if name == "movielens":
+    from m3oe_jax.data import movielens  # pylint: disable=g-import-not-at-top
+    return movielens, movielens.M3oeMovielens1m
+  raise ValueError(f"tfds_loader: unknown dataset {name!r}")
+
+
+def _get(cfg: Mapping[str, Any] | ml_collections.ConfigDict, key: str, default=None):
+  try:
+    value = cfg[key]
+  except (KeyError, AttributeError):
+    return default
+  return default if value is None else value
+
+
+def settings_from_config(data_config) -> dict[str, Any]:
+  """The builder settings named in `data_config` (unset ones keep their default)."""
+  module, _ = _modules(data_config.name)
+  settings = {}
+  for key in module.DEFAULT_SETTINGS:
+    cfg_key = "archive_checksum" if key == "checksum" else key
+    value = _get(data_config, cfg_key)
+    if value is not None:
+      settings[key] = (value.to_dict() if isinstance(value, ml_collections.ConfigDict)
+                       else value)
+  return settings
+
+
+def make_builder(data_config):
+  module, cls = _modules(data_config.name)
+  config = module.make_config(**settings_from_config(data_config))
+  data_dir = os.path.expanduser(_get(data_config, "data_dir", "") or DEFAULT_DATA_DIR)
+  options = rc.SourceOptions(
+      archive=_get(data_config, "archive", ""),
+      checksum=_get(data_config, "archive_checksum", ""),
+      extracted_dir=_get(data_config, "extracted_dir", ""),
+      manual_dir=_get(data_config, "manual_dir", ""),
+      download=bool(_get(data_config, "download", True)))
+  return cls(config=config, data_dir=data_dir, source_options=options,
+             scratch_dir=_get(data_config, "scratch_dir", "") or None,
+             chunk_rows=int(_get(data_config, "chunk_rows", 1 << 20)))
+
+
+def is_prepared(builder) -> bool:
+  path = os.fspath(builder.data_path)
+  return (os.path.exists(os.path.join(path, "dataset_info.json"))
+          and os.path.exists(os.path.join(path, rc.SCHEMA_FILE)))
+
+
+def prepare(data_config):
+  """Prepares the dataset if needed; returns the builder."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = make_builder(data_config)
+  if not is_prepared(builder):
+    manual = _get(data_config, "manual_dir", "")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=os.path.expanduser(manual) if manual else None))
+  return builder
+
+
+def read_schema(builder) -> FeatureSchema:
+  with open(os.path.join(os.fspath(builder.data_path), rc.SCHEMA_FILE)) as f:
+    return FeatureSchema.from_dict(json.load(f))
+
+
+class MemmapSource:
+  """Rows of memory-mapped columnar files; a batch is gathered column by column
+  in row order (sequential pages), so only the requested rows are read."""
+
+  def __init__(self, split_dir: str):
+    self.columns = rc.load_columnar(split_dir, mmap=True)
+
+  def __len__(self) -> int:
+    return len(self.columns["domain"])
+
+  def take(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    indices = np.asarray(indices)
+    order = np.argsort(indices, kind="stable")
+    rows = indices[order]
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return {k: np.asarray(self.columns[k][rows])[inverse] for k in BATCH_KEYS}
+
+
+class DeviceSource:
+  """Columns kept in accelerator memory; batches are gathered on the device."""
+
+  def __init__(self, columns: Mapping[str, np.ndarray]):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    self.columns = {k: jax.device_put(np.asarray(columns[k])) for k in BATCH_KEYS}
+    self._gather = jax.jit(lambda cols, idx: {k: jnp.take(v, idx, axis=0)
+                                              for k, v in cols.items()})
+
+  def __len__(self) -> int:
+    return int(self.columns["domain"].shape[0])
+
+  def take(self, indices: np.ndarray):
+    return self._gather(self.columns, np.asarray(indices, np.int32))
+
+
+def _split_bytes(split_dir: str) -> int:
+  return sum(os.path.getsize(os.path.join(split_dir, k + ".npy")) for k in BATCH_KEYS)
+
+
+def read_split_from_tfds(builder, split: str, batch: int = 64) -> dict[str, np.ndarray]:
+  """A split read back from the TFDS array_record files (whole blocks at a time)."""
+  source = builder.as_data_source()[split]
+  blocks = []
+  for start in range(0, len(source), batch):
+    blocks.extend(source.__getitems__(list(range(start, min(start + batch, len(source))))))
+  blocks.sort(key=lambda b: int(b["row_offset"]))
+  schema = read_schema(builder)
+  cols = {k: np.concatenate([np.asarray(b[k]) for b in blocks]) if blocks else None
+          for k in ("sparse", "domain", "labels")}
+  n = len(cols["domain"]) if blocks else 0
+  if blocks and "dense" in blocks[0]:
+    cols["dense"] = np.concatenate([np.asarray(b["dense"]) for b in blocks])
+  else:
+    cols["dense"] = np.zeros((n, schema.num_dense), np.float32)
+  if not blocks:
+    cols = {"sparse": np.zeros((0, schema.num_sparse), np.int32),
+            "dense": np.zeros((0, schema.num_dense), np.float32),
+            "domain": np.zeros((0,), np.int32),
+            "labels": np.zeros((0, schema.num_tasks), np.float32)}
+  return cols
+
+
+def load(data_config) -> Dataset:
+  builder = prepare(data_config)
+  schema = read_schema(builder)
+  src = schema.source
+  log.info("%s: prepared data in %s (from %s %s, checksum %s)", data_config.name,
+           builder.data_path, src.get("kind"), src.get("path"), src.get("checksum"))
+  placement = _get(data_config, "placement", "auto")
+  max_host = int(_get(data_config, "max_host_bytes", 8 << 30))
+  base = os.path.join(os.fspath(builder.data_path), rc.COLUMNAR_DIR)
+  splits = {}
+  for split in SPLITS:
+    split_dir = os.path.join(base, split)
+    if not os.path.isdir(split_dir):
+      log.warning("%s: no columnar files, reading the TFDS array_record files", split_dir)
+      cols = read_split_from_tfds(builder, split)
+      splits[split] = DeviceSource(cols) if placement == "device" else ArraySource(cols)
+      continue
+    mode = placement
+    if mode == "auto":
+      mode = "host" if _split_bytes(split_dir) <= max_host else "stream"
+    if mode == "host":
+      splits[split] = ArraySource(rc.load_columnar(split_dir, mmap=False))
+    elif mode == "stream":
+      splits[split] = MemmapSource(split_dir)
+    elif mode == "device":
+      splits[split] = DeviceSource(rc.load_columnar(split_dir, mmap=True))
+    else:
+      raise ValueError(f"config.data.placement={placement!r}; expected auto, host, "
+                       "stream or device")
+    expected = src.get("num_rows", {}).get(split)
+    if expected is not None and len(splits[split]) != expected:
+      raise rc.RawDataError(
+          f"{split_dir}: {len(splits[split])} rows but the schema records {expected}; "
+          "the prepared data is damaged, delete the folder and prepare again")
+  return Dataset(schema=schema, splits=splits)
+
+
+def main(argv):
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  config = flags.FLAGS.config
+  builder = prepare(config.data)
+  schema = read_schema(builder)
+  print(f"prepared: {builder.data_path}")
+  print(rc.format_counts(schema))
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, "experiment config (configs/*.py[:VARIANT])")
+  app.run(main)

@@ -1,0 +1,33 @@
+"""Small shared builders for the tests."""
+
+import jax
+import ml_collections
+import numpy as np
+
+from m3oe_jax.data import synthetic
+from m3oe_jax.models import build_model, init_params
+
+MODEL = dict(name="m3oe", embed_dim=4, fcn_dims=[16, 8, 8, 8], num_shared_experts=3,
+             arch_init=1.0, gate_stop_gradient=True, embed_init_std=1e-4)
+
+
+def tiny_data_config(**overrides):
+  config = ml_collections.ConfigDict(dict(
+      name="synthetic", seed=0, num_rows=600, num_domains=3, num_tasks=2,
+      vocab_sizes=[13, 11, 5], num_dense=1, domain_skew=0.3, latent_dim=3,
+      split=[0.8, 0.1, 0.1]))
+  config.update(overrides)
+  return config
+
+
+def tiny_model_and_params(seed=0, **model_overrides):
+  dataset = synthetic.make_dataset(tiny_data_config())
+  model = build_model(ml_collections.ConfigDict({**MODEL, **model_overrides}), dataset.schema)
+  params = init_params(model, dataset.schema, jax.random.key(seed))
+  return model, params, dataset
+
+
+def batch_of(dataset, n=64, split="train"):
+  batch = dataset.splits[split].take(np.arange(n))
+  batch["mask"] = np.ones(n, np.float32)
+  return batch

@@ -1,0 +1,148 @@
+"""The trainer end to end on the tiny synthetic config."""
+
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import synthetic as synthetic_config
+from m3oe_jax import checkpoint, train
+from m3oe_jax.data import load_dataset
+from m3oe_jax.models import build_model
+from tests import event_files
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides):
+  config = synthetic_config.get_config("tiny")
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  config = tiny_config()
+  result = train.train_and_evaluate(config, str(workdir))
+  return config, workdir, result
+
+
+def test_run_writes_metrics_tensorboard_and_checkpoints(finished_run):
+  config, workdir, result = finished_run
+  saved = json.loads((workdir / "metrics.json").read_text())
+  assert saved["test"]["mean_auc"] == result["test"]["mean_auc"]
+  assert 0.6 < result["test"]["mean_auc"] <= 1.0
+  assert len(saved["test"]["pairs"]) == 3 * 2
+
+  tags = event_files.scalars(workdir / "tensorboard")
+  assert "train/loss" in tags and "train/examples_per_second" in tags
+  for name in ("bal_d", "bal_t", "exp_d", "exp_t"):
+    values = [v for _, v in tags[f"fusion/{name}"]]
+    assert len(values) == config.num_epochs and all(0 < v < 1 for v in values)
+  pair = "synthetic_domain1/synthetic_task0"
+  assert len(tags[f"validation/auc/{pair}"]) == config.num_epochs
+  assert f"validation/logloss/{pair}" in tags
+  gate_tags = [t for t in tags if t.startswith(f"gates/{pair}/expert")]
+  assert len(gate_tags) == config.model.num_shared_experts
+
+  store = checkpoint.CheckpointStore(workdir, read_only=True)
+  meta = store.read_meta("latest")
+  assert meta["progress"]["finished"] is True
+  assert meta["config"]["model"]["fcn_dims"] == list(config.model.fcn_dims)
+  assert meta["schema"]["task_names"] == ["synthetic_task0", "synthetic_task1"]
+  best_meta = store.read_meta("best")
+  assert best_meta["progress"]["best_epoch"] == result["best_epoch"]
+
+
+def test_checkpoint_loads_in_a_notebook_without_the_mesh(finished_run):
+  config, workdir, result = finished_run
+  params, schema, saved_config = checkpoint.load_params(workdir, "best")
+  model = build_model(saved_config.model, schema)
+  test = load_dataset(config.data).splits["test"]
+  batch = test.take(np.arange(len(test)))
+  logits, _ = jax.jit(model.apply)({"params": params}, batch)
+  from m3oe_jax import metrics
+  again = metrics.evaluate_predictions(np.asarray(jax.nn.sigmoid(logits)), batch["labels"],
+                                       batch["domain"], schema.domain_names,
+                                       schema.task_names)
+  assert abs(again["mean_auc"] - result["test"]["mean_auc"]) < 1e-6
+
+
+def test_rerunning_a_finished_run_reports_the_same_metrics(finished_run):
+  config, workdir, result = finished_run
+  again = train.train_and_evaluate(config, str(workdir))
+  assert again["test"] == result["test"]
+
+
+def test_incompatible_workdir_is_refused(finished_run, tmp_path):
+  _, workdir, _ = finished_run
+  with pytest.raises(ValueError, match=r"model\.embed_dim"):
+    train.train_and_evaluate(tiny_config(**{"model.embed_dim": 4}), str(workdir))
+
+
+def test_non_finite_loss_stops_without_saving_bad_state(tmp_path):
+  config = tiny_config(**{"optimizer.model_lr": 1e36, "checkpoint_every_steps": 2,
+                          "log_every_steps": 1})
+  with pytest.raises(FloatingPointError, match="step"):
+    train.train_and_evaluate(config, str(tmp_path))
+  store = checkpoint.CheckpointStore(tmp_path, read_only=True)
+  for mngr in (store.latest, store.best):
+    for step_number in mngr.all_steps():
+      params, _, _ = checkpoint.load_params(tmp_path, "latest" if mngr is store.latest
+                                            else "best")
+      assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("schedule", ["paper", "darts"])
+def test_other_schedules_take_their_architecture_steps(schedule, tmp_path):
+  config = tiny_config(**{"optimizer.schedule": schedule, "num_epochs": 1,
+                          "optimizer.arch_every_steps": 5})
+  train.train_and_evaluate(config, str(tmp_path))
+  meta = checkpoint.CheckpointStore(tmp_path, read_only=True).read_meta("latest")
+  steps = 25  # ceil(3200 / 128) training batches in the one epoch
+  expected = steps // 5 if schedule == "darts" else 1
+  assert meta["progress"]["arch_steps"] == expected
+
+
+def _train_command(workdir):
+  return [sys.executable, "-m", "m3oe_jax.train", "--config=configs/synthetic.py:tiny",
+          f"--workdir={workdir}", "--config.num_epochs=4", "--config.checkpoint_every_steps=7"]
+
+
+def test_sigkill_at_any_moment_then_rerun_gives_the_same_metrics(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  reference = tmp_path / "uninterrupted"
+  subprocess.run(_train_command(reference), cwd=REPO, env=env, check=True,
+                 capture_output=True)
+  killed = tmp_path / "killed"
+  rng = random.Random(0)
+  for attempt in range(3):
+    proc = subprocess.Popen(_train_command(killed), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+      if latest.exists() and any(p.name.isdigit() for p in latest.iterdir()):
+        break
+      time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 1.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  subprocess.run(_train_command(killed), cwd=REPO, env=env, check=True, capture_output=True)
+  want = json.loads((reference / "metrics.json").read_text())
+  got = json.loads((killed / "metrics.json").read_text())
+  assert got == want
