@@ -580,7 +580,7 @@ class _Spill:
     out = {}
     for k, (dtype, width) in self.layout.items():
       shape = (self.rows, width) if width != 1 else (self.rows,)
-      if self.rows == 0:
+      if self.rows == 0 or width == 0:
         out[k] = np.zeros(shape, dtype)
       else:
         out[k] = np.memmap(os.path.join(self.dir, k + ".bin"), dtype, "r", shape=shape)

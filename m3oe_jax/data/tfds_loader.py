@@ -73,6 +73,8 @@ def settings_from_config(data_config) -> dict[str, Any]:
 def make_builder(data_config):
   module, cls = _modules(data_config.name)
   config = module.make_config(**settings_from_config(data_config))
+  if any(c.name == config.name for c in cls.BUILDER_CONFIGS):
+    config = config.name  # a named config (TFDS refuses an equal custom one)
   data_dir = os.path.expanduser(_get(data_config, "data_dir", "") or DEFAULT_DATA_DIR)
   options = rc.SourceOptions(
       archive=_get(data_config, "archive", ""),
