@@ -57,7 +57,7 @@ def dummy_batch(schema: FeatureSchema, batch_size: int = 2) -> dict[str, np.ndar
 
 
 def init_params(model, schema: FeatureSchema, rng: jax.Array):
-  return model.init(rng, dummy_batch(schema))["params"]
+  return jax.jit(model.init)(rng, dummy_batch(schema))["params"]
 
 
 def param_groups(params) -> Any:

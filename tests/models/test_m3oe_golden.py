@@ -35,7 +35,7 @@ def _model_and_params(golden):
       num_shared_experts=int(golden["config/E"]), arch_init=1.0,
       gate_stop_gradient=True, embed_init_std=1e-4))
   model = build_model(config, schema)
-  template = init_params(model, schema, jax.random.key(0))
+  template = jax.eval_shape(lambda: init_params(model, schema, jax.random.key(0)))
   named = {k[len("params/"):]: v for k, v in golden.items() if k.startswith("params/")}
   return model, import_weights(named, template), schema
 
@@ -51,7 +51,7 @@ def _batch(golden):
 def test_probabilities_and_losses(golden):
   model, params, schema = _model_and_params(golden)
   batch = _batch(golden)
-  logits, aux = model.apply({"params": params}, batch)
+  logits, aux = jax.jit(model.apply)({"params": params}, batch)
   np.testing.assert_allclose(jax.nn.sigmoid(logits), golden["outputs/probs"], rtol=0, atol=1e-5)
   labels = jnp.asarray(golden["inputs/labels"])
   mask = jnp.ones(labels.shape[0])
@@ -73,7 +73,7 @@ def test_mdmt_gradient_of_every_weight(golden):
     logits, _ = model.apply({"params": p}, batch)
     return losses.mdmt_loss(logits, labels, batch["domain"], mask, schema.num_domains)
 
-  grads = export_weights(jax.grad(loss_fn)(params))
+  grads = export_weights(jax.jit(jax.grad(loss_fn))(params))
   expected = {k[len("grads/"):]: v for k, v in golden.items() if k.startswith("grads/")}
   assert sorted(grads) == sorted(expected)
   for name, want in expected.items():
