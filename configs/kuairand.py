@@ -39,6 +39,8 @@ import pathlib
 
 import ml_collections
 
+from m3oe_jax.config_utils import with_tuples
+
 TESTDATA = pathlib.Path(__file__).resolve().parents[1] / "m3oe_jax" / "data" / "testdata"
 TINY_ARCHIVE = TESTDATA / "KuaiRand-Pure-tiny.tar.gz"
 TINY_ARCHIVE_MD5 = "md5:572b19fc2893ed27f89d0f21d66c82e3"
@@ -138,4 +140,4 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     config.patience = 3
     config.log_every_steps = 5
     config.checkpoint_every_steps = 10
-  return config
+  return with_tuples(config)

@@ -31,6 +31,8 @@ import pathlib
 
 import ml_collections
 
+from m3oe_jax.config_utils import with_tuples
+
 TESTDATA = pathlib.Path(__file__).resolve().parents[1] / "m3oe_jax" / "data" / "testdata"
 TINY_ARCHIVE = TESTDATA / "ml-1m-tiny.zip"
 TINY_ARCHIVE_SHA256 = (
@@ -121,4 +123,4 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     config.patience = 3
     config.log_every_steps = 5
     config.checkpoint_every_steps = 10
-  return config
+  return with_tuples(config)

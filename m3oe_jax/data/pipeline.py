@@ -15,6 +15,7 @@ dropped and the step compiles once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterator, Mapping, Protocol
 
 import numpy as np
@@ -91,8 +92,12 @@ def _local_slice(batch_size: int, process_index: int, process_count: int) -> sli
   return slice(process_index * per_process, (process_index + 1) * per_process)
 
 
+@functools.lru_cache(maxsize=2)
 def epoch_permutation(num_rows: int, seed: int, epoch: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(num_rows)
+  """The row order of one epoch; cached, since every batch of the epoch reads it."""
+  permutation = np.random.default_rng([seed, epoch]).permutation(num_rows)
+  permutation.flags.writeable = False
+  return permutation
 
 
 def shuffled_batch(source: RowSource, batch_size: int, seed: int, position: int,

@@ -32,6 +32,7 @@ import contextlib
 import csv
 import dataclasses
 import fnmatch
+import functools
 import hashlib
 import io
 import json
@@ -345,26 +346,32 @@ def _locate_bad_line(block: bytes, fmt: TextFormat, names: Sequence[str],
   text_lines = block.split(b"\n")
   m = re.search(r"column #(\d+)", message)
   col_index = int(m.group(1)) if m else None
+  col_name = names[col_index] if col_index is not None and col_index < len(names) else None
+  m = re.search(r"Row #(\d+)", message)
+  if m:  # pyarrow named the row (1-based within the block)
+    offset = int(m.group(1)) - 1
+    raw = text_lines[offset] if offset < len(text_lines) else b""
+    return offset, col_name, raw.decode(fmt.encoding, errors="replace")[:80]
+  numeric = re.search(r"conversion error to (u?int\d*|double|float)", message)
   for i, raw in enumerate(text_lines):
     if not raw.strip():
       continue
     try:
       line = raw.decode(fmt.encoding)
     except UnicodeDecodeError:
-      return i, None, repr(raw[:60])
+      return i, col_name, raw.decode(fmt.encoding, errors="replace")[:80]
     fields = next(csv.reader([line.rstrip("\r")], delimiter=fmt.delimiter,
                              quoting=csv.QUOTE_MINIMAL if fmt.quote else csv.QUOTE_NONE))
     if len(fields) != len(names):
       return i, None, line[:80]
-    if col_index is not None and "conversion error" in message:
+    if col_index is not None and numeric:
       value = fields[col_index]
-      kind = "int" if "int" in message else "float"
       try:
         if value != "":
-          int(value) if kind == "int" else float(value)
+          int(value) if "int" in numeric.group(1) else float(value)
       except ValueError:
-        return i, names[col_index], value
-  return None, (names[col_index] if col_index is not None else None), None
+        return i, col_name, value
+  return None, col_name, None
 
 
 def read_blocks(source: RawSource, member: str, fmt: TextFormat,
@@ -397,33 +404,47 @@ def read_blocks(source: RawSource, member: str, fmt: TextFormat,
     convert = pa_csv.ConvertOptions(
         column_types=dict(columns), include_columns=list(columns),
         strings_can_be_null=False, check_utf8=True)
-    read_opts = pa_csv.ReadOptions(column_names=names, use_threads=False,
-                                   encoding=fmt.encoding if fmt.encoding != "utf8" else "utf8")
     parse_opts = pa_csv.ParseOptions(delimiter=fmt.delimiter,
                                      quote_char='"' if fmt.quote else False)
     for lines_before, block in blocks:
       if fmt.multi_char_delimiter:
         block = block.replace(fmt.multi_char_delimiter, fmt.delimiter.encode())
+      # One pyarrow block per call, so that the row numbers it reports count
+      # from the start of `block`.
+      read_opts = pa_csv.ReadOptions(column_names=names, use_threads=False,
+                                     encoding=fmt.encoding,
+                                     block_size=max(len(block) + 1, 1 << 16))
       try:
         table = pa_csv.read_csv(io.BytesIO(block), read_options=read_opts,
                                 parse_options=parse_opts, convert_options=convert)
       except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        msg = str(e)
-        offset, col, value = _locate_bad_line(block, fmt, names, msg)
-        line = f", line {lines_before + offset + 1}" if offset is not None else ""
-        col_s = f", column {col!r}" if col else ""
-        val = f", value {value!r}" if value is not None else ""
-        if "UTF8" in msg or "utf8" in msg.lower() or "decode" in msg.lower():
-          kind = f"unreadable encoding (not valid {fmt.encoding})"
-        elif "Expected" in msg and "columns" in msg:
-          kind = ("wrong number of fields (truncated file or malformed row): "
-                  + msg.split(":")[1].strip() if ":" in msg else msg)
-        elif "conversion error" in msg:
-          kind = "not a number" if ("int" in msg or "double" in msg) else msg
-        else:
-          kind = msg
-        raise RawDataError(f"{where}{line}{col_s}: {kind}{val} ({msg})") from e
+        raise _parse_error(e, block, fmt, names, where, lines_before) from e
       yield lines_before + 1, table
+
+
+def _parse_error(e: Exception, block: bytes, fmt: TextFormat, names: Sequence[str],
+                 where: str, lines_before: int) -> RawDataError:
+  msg = str(e)
+  offset, col, text = _locate_bad_line(block, fmt, names, msg)
+  if text is not None and fmt.multi_char_delimiter:
+    text = text.replace(fmt.delimiter, fmt.multi_char_delimiter.decode(fmt.encoding))
+  line = f", line {lines_before + offset + 1}" if offset is not None else ""
+  col_s = f", column {col!r}" if col else ""
+  m = re.search(r"Expected (\d+) columns, got (\d+)", msg)
+  bad_value = re.search(r"invalid value '([^']*)'", msg)
+  if "UTF8" in msg or "utf8" in msg.lower() or "decode" in msg.lower():
+    kind = f"unreadable encoding (not valid {fmt.encoding})"
+  elif m:
+    kind = (f"wrong number of fields, {m.group(2)} instead of {m.group(1)} (truncated "
+            "file or malformed row)")
+  elif "conversion error" in msg:
+    kind = "not a number" if bad_value else "cannot convert the value"
+    if bad_value:
+      kind += f": {bad_value.group(1)!r}"
+  else:
+    kind = msg
+  row = f"; the row reads {text!r}" if text is not None else ""
+  return RawDataError(f"{where}{line}{col_s}: {kind}{row}")
 
 
 def _chain_first(first: Iterable[tuple[int, bytes]], rest: Iterator[tuple[int, bytes]]
@@ -574,17 +595,94 @@ class _Spill:
       self.files[k].write(a.tobytes())
     self.rows += n or 0
 
-  def close(self) -> dict[str, np.ndarray]:
+  def close(self) -> dict[str, "FlatColumn"]:
     for f in self.files.values():
       f.close()
-    out = {}
-    for k, (dtype, width) in self.layout.items():
-      shape = (self.rows, width) if width != 1 else (self.rows,)
-      if self.rows == 0 or width == 0:
-        out[k] = np.zeros(shape, dtype)
-      else:
-        out[k] = np.memmap(os.path.join(self.dir, k + ".bin"), dtype, "r", shape=shape)
+    return {k: FlatColumn(os.path.join(self.dir, k + ".bin"), dtype, width, self.rows,
+                          two_d=k in ("labels", "sparse", "dense"))
+            for k, (dtype, width) in self.layout.items()}
+
+
+class FlatColumn:
+  """A column in a flat binary file, read by explicit reads (not memory-mapped,
+  so the pages read do not count against the process's resident memory)."""
+
+  def __init__(self, path: str, dtype, width: int, rows: int, offset: int = 0,
+               two_d: bool = True):
+    self.path, self.dtype, self.width, self.rows = path, np.dtype(dtype), width, rows
+    self.offset = offset
+    self.two_d = two_d
+    self.shape = (rows, width) if two_d else (rows,)
+
+  def __len__(self) -> int:
+    return self.rows
+
+  def _read(self, start: int, stop: int) -> np.ndarray:
+    n = max(stop - start, 0)
+    shape = (n, self.width) if self.two_d else (n,)
+    if n == 0 or self.width == 0:
+      return np.zeros(shape, self.dtype)
+    with open(self.path, "rb") as f:
+      f.seek(self.offset + start * self.width * self.dtype.itemsize)
+      data = np.fromfile(f, self.dtype, count=n * self.width)
+    if data.size != n * self.width:
+      raise IOError(f"{self.path}: short read")
+    return data.reshape(shape)
+
+  def __getitem__(self, key) -> np.ndarray:
+    if isinstance(key, slice):
+      start, stop, step = key.indices(self.rows)
+      assert step == 1
+      return self._read(start, stop)
+    idx = np.asarray(key)
+    out = np.empty((len(idx),) + self.shape[1:], self.dtype)
+    if not len(idx):
+      return out
+    order = np.argsort(idx, kind="stable")
+    sidx = idx[order]
+    step = 1 << 20
+    start = 0
+    while start < len(sidx):
+      lo = int(sidx[start])
+      hi = min(lo + step, self.rows)
+      end = int(np.searchsorted(sidx, hi, side="left"))
+      block = self._read(lo, hi)
+      out[order[start:end]] = block[sidx[start:end] - lo]
+      start = end
     return out
+
+
+def npy_column(path: str) -> FlatColumn:
+  """A `.npy` file as a FlatColumn (2-D arrays keep their width)."""
+  with open(path, "rb") as f:
+    version = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = read_header(f)
+    offset = f.tell()
+  assert not fortran
+  width = shape[1] if len(shape) == 2 else 1
+  return FlatColumn(path, dtype, width, shape[0], offset, two_d=len(shape) == 2)
+
+
+class NpyWriter:
+  """Writes a `.npy` file of known shape by appending rows (no memory map)."""
+
+  def __init__(self, path: str, dtype, shape: tuple[int, ...]):
+    self.f = open(path, "wb")
+    self.dtype, self.shape, self.rows = np.dtype(dtype), tuple(shape), 0
+    np.lib.format.write_array_header_1_0(
+        self.f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                 "fortran_order": False, "shape": self.shape})
+
+  def append(self, a: np.ndarray) -> None:
+    a = np.ascontiguousarray(a, self.dtype)
+    self.f.write(a.tobytes())
+    self.rows += a.shape[0]
+
+  def close(self) -> None:
+    self.f.close()
+    assert self.rows == self.shape[0], (self.rows, self.shape)
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -609,8 +707,10 @@ def _kth_smallest(values: np.ndarray, k: int, chunk: int) -> int:
   while True:
     if hi - lo < 1024:
       edges = np.arange(lo, hi + 2, dtype=np.int64)
-    else:
-      edges = np.unique(np.linspace(lo, hi + 1, 1025).astype(np.int64))
+    else:  # integer arithmetic: float edges lose precision on large times
+      width = -(-(hi - lo + 1) // 1024)
+      edges = np.array([min(lo + i * width, hi + 1) for i in range(1025)], np.int64)
+      edges = np.unique(edges)
     counts = np.zeros(len(edges) - 1, np.int64)
     for s in _chunks(len(values), chunk):
       v = np.asarray(values[s])
@@ -753,14 +853,10 @@ def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
       d = os.path.join(col_dir, split)
       os.makedirs(d, exist_ok=True)
       outs[split] = {
-          "sparse": np.lib.format.open_memmap(os.path.join(d, "sparse.npy"), "w+",
-                                              np.int32, (counts[k], S)),
-          "dense": np.lib.format.open_memmap(os.path.join(d, "dense.npy"), "w+",
-                                             np.float32, (counts[k], Q)),
-          "domain": np.lib.format.open_memmap(os.path.join(d, "domain.npy"), "w+",
-                                              np.int32, (counts[k],)),
-          "labels": np.lib.format.open_memmap(os.path.join(d, "labels.npy"), "w+",
-                                              np.float32, (counts[k], T)),
+          "sparse": NpyWriter(os.path.join(d, "sparse.npy"), np.int32, (counts[k], S)),
+          "dense": NpyWriter(os.path.join(d, "dense.npy"), np.float32, (counts[k], Q)),
+          "domain": NpyWriter(os.path.join(d, "domain.npy"), np.int32, (counts[k],)),
+          "labels": NpyWriter(os.path.join(d, "labels.npy"), np.float32, (counts[k], T)),
       }
     filled = [0, 0, 0]
     oov = np.zeros((3, S), np.int64)
@@ -781,16 +877,15 @@ def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
         if not c:
           continue
         o = outs[split]
-        sl = slice(filled[k], filled[k] + c)
-        o["sparse"][sl] = ids[m]
-        o["dense"][sl] = de[m]
-        o["domain"][sl] = dom[m]
-        o["labels"][sl] = lab[m]
+        o["sparse"].append(ids[m])
+        o["dense"].append(de[m])
+        o["domain"].append(dom[m])
+        o["labels"].append(lab[m])
         oov[k] += np.count_nonzero(ids[m] == OOV_ID, axis=0)
         filled[k] += c
     for split in SPLITS:
-      for a in outs[split].values():
-        a.flush()
+      for w in outs[split].values():
+        w.close()
     del outs
     assert filled == counts, (filled, counts)
 
@@ -884,16 +979,21 @@ def block_features(num_sparse: int, num_dense: int, num_tasks: int):
   return tfds.features.FeaturesDict(feats)
 
 
-def generate_blocks(out_dir: str, split: str, block_rows: int = BLOCK_ROWS
+def generate_blocks(out_dir: str, split: str, start: int = 0, stop: int | None = None,
+                    block_rows: int = BLOCK_ROWS
                     ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-  cols = load_columnar(os.path.join(out_dir, COLUMNAR_DIR, split), mmap=True)
-  n = len(cols["domain"])
-  for i, s in enumerate(_chunks(n, block_rows)):
-    ex = {"row_offset": s.start, "sparse": np.asarray(cols["sparse"][s]),
-          "domain": np.asarray(cols["domain"][s]), "labels": np.asarray(cols["labels"][s])}
+  """Blocks of rows [start, stop) of a split's columnar files, as TFDS examples."""
+  split_dir = os.path.join(out_dir, COLUMNAR_DIR, split)
+  cols = {k: npy_column(os.path.join(split_dir, k + ".npy"))
+          for k in ("sparse", "dense", "domain", "labels")}
+  n = len(cols["domain"]) if stop is None else stop
+  for first in range(start, n, block_rows):
+    s = slice(first, min(first + block_rows, n))
+    ex = {"row_offset": first, "sparse": cols["sparse"][s], "domain": cols["domain"][s],
+          "labels": cols["labels"][s]}
     if cols["dense"].shape[1]:
-      ex["dense"] = np.asarray(cols["dense"][s])
-    yield i, ex
+      ex["dense"] = cols["dense"][s]
+    yield first, ex
 
 
 def load_columnar(split_dir: str, mmap: bool) -> dict[str, np.ndarray]:
@@ -919,13 +1019,19 @@ class RawBuilderConfig(tfds.core.BuilderConfig):
   settings: dict = dataclasses.field(default_factory=dict)
 
 
-class RawTableBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class RawTableBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
   """Prepares a raw table dataset into array_record blocks plus columnar files.
 
   Each TFDS example is a block of up to `BLOCK_ROWS` consecutive rows of a
   split (`row_offset` is its first row), so TFDS readers decode whole blocks.
+  A `ShardBasedBuilder` (the shard-by-shard sibling of GeneratorBasedBuilder):
+  it writes shards of `SHARD_ROWS` rows straight to array_record, whereas
+  GeneratorBasedBuilder's shuffler holds up to 1 GB in memory and then spills
+  through TensorFlow, which this project does not install.
   Subclasses define `archive_spec()` and `prepare_into(source, out_dir)`.
   """
+
+  SHARD_ROWS = 32 * BLOCK_ROWS
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
@@ -963,7 +1069,7 @@ class RawTableBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def prepare_into(self, source: RawSource, out_dir: str) -> dict[str, Any]:
     raise NotImplementedError
 
-  def _split_generators(self, dl_manager):
+  def _shard_iterators_per_split(self, dl_manager):
     options = dataclasses.replace(self._source_options)
     if not options.manual_dir:
       options.manual_dir = os.fspath(
@@ -979,7 +1085,10 @@ class RawTableBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     with open(os.path.join(out_dir, SCHEMA_FILE), "w") as f:
       json.dump(meta["schema"], f, indent=2, sort_keys=True)
     self.info.metadata.update(meta)
-    return {split: self._generate_examples(out_dir, split) for split in SPLITS}
-
-  def _generate_examples(self, out_dir: str, split: str):
-    yield from generate_blocks(out_dir, split)
+    shards = {}
+    for split in SPLITS:
+      n = meta["schema"]["source"]["num_rows"][split]
+      shards[split] = [functools.partial(generate_blocks, out_dir, split, start,
+                                         min(start + self.SHARD_ROWS, n))
+                       for start in range(0, n, self.SHARD_ROWS)]
+    return shards

@@ -5,6 +5,7 @@ import csv
 import io
 import os
 import pathlib
+import re
 import shutil
 
 import ml_collections
@@ -116,7 +117,7 @@ def _ml_dup_user(top):
 CASES = [
     ("missing_archive", "kuairand",
      lambda top, tmp: {"archive": str(tmp / "nope" / "KuaiRand-Pure.tar.gz"),
-                       "extracted_dir": ""}, {}, raw_common.RawSourceNotFoundError,
+                       "extracted_dir": ""}, {"archive": ""}, raw_common.RawSourceNotFoundError,
      [r"nope/KuaiRand-Pure\.tar\.gz.* does not exist",
       r"https://zenodo\.org/records/10439422/files/KuaiRand-Pure\.tar\.gz"]),
     ("nothing_offline", "kuairand", lambda top, tmp: {"extracted_dir": ""}, {},
@@ -219,7 +220,6 @@ def test_bad_input(case, tmp_path):
   with pytest.raises(exc) as info:
     tfds_loader.load(cfg)
   message = str(info.value)
-  import re
   for pattern in patterns:
     assert re.search(pattern, message), f"{pattern!r} not in: {message}"
   assert nothing_looks_complete(data_dir)

@@ -8,6 +8,7 @@ import collections
 import csv
 import os
 import pathlib
+import shutil
 
 import ml_collections
 import numpy as np
@@ -146,13 +147,31 @@ def test_explicit_tabs_other_tasks_and_random_split(tiny):
 def test_streaming_chunk_sizes_do_not_change_the_output(tiny, monkeypatch):
   ds, top, tmp = tiny
   monkeypatch.setattr(raw_common, "READ_BLOCK_BYTES", 777)  # many tiny parse blocks
-  small = tfds_loader.load(data_config(tmp / "tfds_small", extracted_dir=str(top),
-                                       chunk_rows=50))
+  monkeypatch.setattr(raw_common.RawTableBuilder, "SHARD_ROWS", 100)  # many TFDS shards
+  cfg = data_config(tmp / "tfds_small", extracted_dir=str(top), chunk_rows=50)
+  small = tfds_loader.load(cfg)
+  builder = tfds_loader.make_builder(cfg)
+  assert len(list(pathlib.Path(os.fspath(builder.data_path)).glob("*train.array_record*"))) > 3
+  for split in pipeline.SPLITS:
+    cols = tfds_loader.read_split_from_tfds(builder, split)
+    for k, v in _all(ds, split).items():
+      np.testing.assert_array_equal(cols[k], v)
   assert small.schema.model_signature() == ds.schema.model_signature()
   for split in pipeline.SPLITS:
     a, b = _all(ds, split), _all(small, split)
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
+  # Line numbers stay right across parse blocks.
+  bad = tmp / "bad"
+  shutil.copytree(top, bad / top.name)
+  log = bad / top.name / "data" / "log_random_4_22_to_5_08_pure.csv"
+  lines = log.read_text().splitlines(keepends=True)
+  lines[150] = "x" + lines[150]
+  log.write_text("".join(lines))
+  with pytest.raises(raw_common.RawDataError,
+                     match=r"log_random_4_22_to_5_08_pure.csv, line 151, column "
+                           r"'user_id': not a number: 'x\d+'"):
+    tfds_loader.load(data_config(tmp / "tfds_bad", extracted_dir=str(bad / top.name)))
 
 
 def test_archive_and_27k_part_files(tmp_path):

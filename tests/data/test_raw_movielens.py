@@ -255,3 +255,19 @@ def test_schema_json_written_next_to_data(prepared):
   on_disk = json.loads((path / raw_common.SCHEMA_FILE).read_text())
   assert on_disk["vocab_sizes"] == list(ds.schema.vocab_sizes)
   assert builder.info.metadata["schema"]["domain_names"] == list(ds.schema.domain_names)
+
+
+def test_single_task_and_custom_age_groups(tmp_path):
+  top = write_files(tmp_path / "raw")
+  ds = tfds_loader.load(data_config(tmp_path / "tfds", extracted_dir=str(top),
+                                    tasks=["like"], task_thresholds=[4],
+                                    age_groups=[[1], [25, 35], [56]]))
+  assert ds.schema.task_names == ("like",)
+  assert ds.schema.domain_names == ("age_1", "age_25_35", "age_56")
+  rows = {s: _rows_of(ds, s) for s in pipeline.SPLITS}
+  assert rows["train"]["labels"].shape[1] == 1
+  labels = np.concatenate([rows[s]["labels"][:, 0] for s in pipeline.SPLITS])
+  assert labels.sum() == sum(1 for r in RATINGS if r[2] > 4)
+  domains = np.concatenate([rows[s]["domain"] for s in pipeline.SPLITS])
+  want = {1: 0, 2: 1, 3: 1, 4: 2}
+  assert sorted(domains.tolist()) == sorted(want[r[0]] for r in RATINGS)
