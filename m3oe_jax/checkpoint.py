@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 from m3oe_jax.data.schema import FeatureSchema
 
@@ -74,8 +74,8 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
 class CheckpointStore:
   """The latest and best checkpoints of one workdir."""
 
-  def __init__(self, workdir: str | pathlib.Path, read_only: bool = False):
-    root = pathlib.Path(workdir) / "checkpoints"
+  def __init__(self, workdir: str | epath.PathLike, read_only: bool = False):
+    root = epath.Path(workdir) / "checkpoints"
     self.root = root
 
     def manager(name, keep):
@@ -139,7 +139,7 @@ class CheckpointStore:
     return restored["state"], Progress(**meta["progress"]), meta
 
 
-def load_params(workdir: str | pathlib.Path, which: str = "best"):
+def load_params(workdir: str | epath.PathLike, which: str = "best"):
   """Parameters, schema and config of a run, on one device, without its mesh.
 
   For notebooks: `params, schema, config = load_params(workdir)` then

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
+import signal
 import time
 
 import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
@@ -147,10 +148,31 @@ class Trainer:
     return result, gate_means
 
 
+class _PreemptionWatch:
+  """Notes SIGTERM so the loop can save at the current step and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    try:
+      signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+      pass
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def should_stop(self, step_number: int) -> bool:
+    if jax.process_count() > 1:
+      # Every process must stop at the same step: JAX's preemption sync point.
+      return multihost_utils.reached_preemption_sync_point(step_number)
+    return self.requested
+
+
 class _Logger:
   """Progress lines on the console, scalars to TensorBoard (process 0 only)."""
 
-  def __init__(self, workdir: pathlib.Path, total_steps: int, batch_size: int):
+  def __init__(self, workdir: epath.Path, total_steps: int, batch_size: int):
     self.writer = None
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter
@@ -216,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns the test metrics (also written to `workdir/metrics.json`).
   """
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)  # local paths and gs:// alike
   workdir.mkdir(parents=True, exist_ok=True)
   _check_config(config)
   dataset = load_dataset(config.data)
@@ -235,6 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps_per_epoch = pipeline.num_batches(len(dataset.splits["train"]), config.batch_size)
   logger = _Logger(workdir, steps_per_epoch * config.num_epochs, config.batch_size)
   schedule = config.optimizer.schedule
+  preemption = _PreemptionWatch()
 
   while not progress.finished and progress.epoch < config.num_epochs:
     for index in range(progress.batch, steps_per_epoch):
@@ -251,6 +274,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step_number % config.checkpoint_every_steps == 0 and index + 1 < steps_per_epoch:
         logger.check_finite()
         _save(store, "latest", state, progress, config, dataset.schema)
+      if preemption.should_stop(step_number) and index + 1 < steps_per_epoch:
+        logger.check_finite()
+        _save(store, "latest", state, progress, config, dataset.schema)
+        logger.close()
+        logging.info("preempted: saved step %d to %s; rerun the same command to resume",
+                     step_number, store.root)
+        return {"preempted": True, "step": step_number}
     logger.flush_progress(int(state.step))
 
     if schedule in ("reference", "paper"):

@@ -123,26 +123,56 @@ def _train_command(workdir):
           f"--workdir={workdir}", "--config.num_epochs=4", "--config.checkpoint_every_steps=7"]
 
 
-def test_sigkill_at_any_moment_then_rerun_gives_the_same_metrics(tmp_path):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  reference = tmp_path / "uninterrupted"
-  subprocess.run(_train_command(reference), cwd=REPO, env=env, check=True,
-                 capture_output=True)
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_metrics(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  subprocess.run(_train_command(workdir), cwd=REPO, env=ENV, check=True, capture_output=True)
+  return json.loads((workdir / "metrics.json").read_text())
+
+
+def _wait_for_checkpoint(proc, workdir):
+  latest = workdir / "checkpoints" / "latest"
+  deadline = time.time() + 120
+  while time.time() < deadline and proc.poll() is None:
+    if latest.exists() and any(p.name.isdigit() for p in latest.iterdir()):
+      return
+    time.sleep(0.05)
+
+
+def test_sigkill_at_any_moment_then_rerun_gives_the_same_metrics(tmp_path,
+                                                                  uninterrupted_metrics):
+  env = ENV
   killed = tmp_path / "killed"
   rng = random.Random(0)
   for attempt in range(3):
     proc = subprocess.Popen(_train_command(killed), cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = killed / "checkpoints" / "latest"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-      if latest.exists() and any(p.name.isdigit() for p in latest.iterdir()):
-        break
-      time.sleep(0.05)
+    _wait_for_checkpoint(proc, killed)
     time.sleep(rng.uniform(0.0, 1.5))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
   subprocess.run(_train_command(killed), cwd=REPO, env=env, check=True, capture_output=True)
-  want = json.loads((reference / "metrics.json").read_text())
   got = json.loads((killed / "metrics.json").read_text())
-  assert got == want
+  assert got == uninterrupted_metrics
+
+
+def test_sigterm_saves_the_current_step_exits_cleanly_and_resumes_exactly(
+    tmp_path, uninterrupted_metrics):
+  workdir = tmp_path / "preempted"
+  proc = subprocess.Popen(_train_command(workdir), cwd=REPO, env=ENV,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  _wait_for_checkpoint(proc, workdir)
+  time.sleep(0.3)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 0, stderr
+  assert "preempted: saved step" in stderr
+  saved = int(stderr.split("preempted: saved step ")[1].split()[0])
+  latest = checkpoint.CheckpointStore(workdir, read_only=True)
+  assert latest.latest_step() == saved
+  assert not (workdir / "metrics.json").exists()
+  subprocess.run(_train_command(workdir), cwd=REPO, env=ENV, check=True, capture_output=True)
+  assert json.loads((workdir / "metrics.json").read_text()) == uninterrupted_metrics
