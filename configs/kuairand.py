@@ -39,7 +39,7 @@ import pathlib
 
 import ml_collections
 
-from m3oe_jax.config_utils import with_tuples
+from m3oe_jax.config_utils import add_paper_training, shrink_to_tiny, with_tuples
 
 TESTDATA = pathlib.Path(__file__).resolve().parents[1] / "m3oe_jax" / "data" / "testdata"
 TINY_ARCHIVE = TESTDATA / "KuaiRand-Pure-tiny.tar.gz"
@@ -92,36 +92,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   config.data.chunk_rows = 1 << 20  # preparation block (memory, not output)
   config.data.scratch_dir = ""  # preparation spill files ("" : inside data_dir)
 
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "m3oe"
-  config.model.embed_dim = 16
-  config.model.fcn_dims = [512, 256, 256, 64]
-  config.model.num_shared_experts = 4
-  config.model.arch_init = 1.0
-  config.model.gate_stop_gradient = True
-  config.model.embed_init_std = 1e-4
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.schedule = "reference"  # reference | paper | darts
-  config.optimizer.model_lr = 1e-2
-  config.optimizer.arch_lr = 1e-3
-  config.optimizer.weight_decay = 1e-5
-  config.optimizer.train_loss = "mdmt"  # mdmt | mean
-  config.optimizer.arch_loss = "mean"
-  config.optimizer.arch_every_steps = 50  # darts only
-
-  config.batch_size = 40960
-  config.eval_batch_size = 40960
-  config.num_epochs = 50
-  config.patience = 10
-
-  config.log_every_steps = 20
-  config.checkpoint_every_steps = 200
-
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.data = -1  # -1: every device not used by the other axes
-  config.mesh.model = 1
-  config.mesh.embedding_axis = ""  # mesh axis to row-shard embedding tables on
+  add_paper_training(config)
 
   if variant == "random_split":
     config.data.split = "random"
@@ -131,13 +102,5 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     config.data.archive = str(TINY_ARCHIVE)
     config.data.archive_checksum = TINY_ARCHIVE_MD5
     config.data.download = False
-    config.model.embed_dim = 8
-    config.model.fcn_dims = [32, 16, 16, 8]
-    config.optimizer.model_lr = 3e-3
-    config.batch_size = 128
-    config.eval_batch_size = 512
-    config.num_epochs = 3
-    config.patience = 3
-    config.log_every_steps = 5
-    config.checkpoint_every_steps = 10
+    shrink_to_tiny(config)
   return with_tuples(config)

@@ -12,6 +12,8 @@ Variants (`--config=configs/synthetic.py:VARIANT`):
 
 import ml_collections
 
+from m3oe_jax.config_utils import add_paper_training, shrink_to_tiny, with_tuples
+
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -29,49 +31,23 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   config.data.latent_dim = 4
   config.data.split = (0.8, 0.1, 0.1)
 
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "m3oe"
-  config.model.embed_dim = 16
+  add_paper_training(config)
   config.model.fcn_dims = (256, 128, 128, 64)
-  config.model.num_shared_experts = 4
-  config.model.arch_init = 1.0
-  config.model.gate_stop_gradient = True
-  config.model.embed_init_std = 1e-4
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.schedule = "reference"  # reference | paper | darts
   config.optimizer.model_lr = 1e-3
-  config.optimizer.arch_lr = 1e-3
-  config.optimizer.weight_decay = 1e-5
-  config.optimizer.train_loss = "mdmt"  # mdmt | mean
-  config.optimizer.arch_loss = "mean"
-  config.optimizer.arch_every_steps = 50  # darts only
-
   config.batch_size = 512
   config.eval_batch_size = 4096
   config.num_epochs = 12
   config.patience = 3
-
   config.log_every_steps = 50
   config.checkpoint_every_steps = 200
-
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.data = -1  # -1: every device not used by the other axes
-  config.mesh.model = 1
-  config.mesh.embedding_axis = ""  # mesh axis to row-shard embedding tables on
 
   if variant == "tiny":
     config.data.num_rows = 4_000
     config.data.vocab_sizes = (30, 40, 10)
-    config.model.embed_dim = 8
-    config.model.fcn_dims = (32, 16, 16, 8)
-    config.optimizer.model_lr = 3e-3
-    config.batch_size = 128
-    config.eval_batch_size = 512
-    config.num_epochs = 3
+    shrink_to_tiny(config)
     config.log_every_steps = 10
     config.checkpoint_every_steps = 20
   elif variant != "default":
     raise ValueError(f"configs/synthetic.py: unknown variant {variant!r}; "
                      "expected 'default' or 'tiny'")
-  return config
+  return with_tuples(config)
