@@ -188,26 +188,21 @@ def main(argv):
             f"{'max':>9} {'ref ex/s':>9} {'ratio':>6} {'target':>6} {'GFLOP/s':>8} "
             f"{'peak MiB':>9}")
   print(header)
-  for b in (int(x) for x in _BATCH_SIZES.value):
-    r = bench_train(config, MOVIELENS_SCHEMA, b, _REPEATS.value, _EXAMPLES.value)
-    ref = REFERENCE_TRAIN.get(b)
-    r["reference_examples_per_s"], r["ratio"] = ref, (r["median_examples_per_s"] / ref
-                                                      if ref else None)
-    results["train"].append(r)
-    print(f"{'train':6}{b:>7} {r['compile_s']:>10.2f} {r['median_examples_per_s']:>12,.0f} "
-          f"{r['min']:>9,.0f} {r['max']:>9,.0f} {ref or 0:>9,} "
-          f"{(r['ratio'] or 0):>6.2f} {TARGET_TRAIN.get(b, 0):>6.1f} "
-          f"{(r['achieved_flops_per_s'] or 0) / 1e9:>8.1f} "
-          f"{r['peak_memory_bytes'] / 2**20:>9.0f}")
-  for b in (int(x) for x in _EVAL_BATCH_SIZES.value):
-    r = bench_eval(config, MOVIELENS_SCHEMA, b, _REPEATS.value, _EXAMPLES.value)
-    ref = REFERENCE_EVAL.get(b)
-    r["reference_examples_per_s"], r["ratio"] = ref, (r["median_examples_per_s"] / ref
-                                                      if ref else None)
-    results["eval"].append(r)
-    print(f"{'eval':6}{b:>7} {r['compile_s']:>10.2f} {r['median_examples_per_s']:>12,.0f} "
-          f"{r['min']:>9,.0f} {r['max']:>9,.0f} {ref or 0:>9,} {(r['ratio'] or 0):>6.2f} "
-          f"{TARGET_EVAL:>6.1f} {'':>8} {r['peak_memory_bytes'] / 2**20:>9.0f}")
+  runs = [("train", bench_train, _BATCH_SIZES.value, REFERENCE_TRAIN, TARGET_TRAIN),
+          ("eval", bench_eval, _EVAL_BATCH_SIZES.value, REFERENCE_EVAL,
+           dict.fromkeys(REFERENCE_EVAL, TARGET_EVAL))]
+  for kind, bench, sizes, references, targets in runs:
+    for b in (int(x) for x in sizes):
+      r = bench(config, MOVIELENS_SCHEMA, b, _REPEATS.value, _EXAMPLES.value)
+      ref = references.get(b)
+      r["reference_examples_per_s"] = ref
+      r["ratio"] = r["median_examples_per_s"] / ref if ref else None
+      results[kind].append(r)
+      flops = r.get("achieved_flops_per_s")
+      print(f"{kind:6}{b:>7} {r['compile_s']:>10.2f} {r['median_examples_per_s']:>12,.0f} "
+            f"{r['min']:>9,.0f} {r['max']:>9,.0f} {ref or 0:>9,} {(r['ratio'] or 0):>6.2f} "
+            f"{targets.get(b, 0):>6.1f} {f'{flops / 1e9:.1f}' if flops else '':>8} "
+            f"{r['peak_memory_bytes'] / 2**20:>9.0f}")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(results, f, indent=2)

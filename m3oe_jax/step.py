@@ -30,46 +30,43 @@ def create_train_state(params, optimizers: Optimizers) -> TrainState:
   )
 
 
-def _loss_and_grads(model, loss_fn, num_domains, params, batch):
+def _make_update_step(model, tx: optax.GradientTransformation, trains: frozenset,
+                      labels, opt_state_field: str, loss_name: str, num_domains: int,
+                      metric_name: str, counts_as_step: bool) -> Callable:
+  """(state, batch) -> (state, metrics): one update of `tx`, whose optimizer state is
+  `state.<opt_state_field>`; only the groups in `trains` move."""
+  loss_fn = losses.get_loss(loss_name)
 
-  def loss_of(p):
-    logits, _ = model.apply({"params": p}, batch)
+  def loss_of(params, batch):
+    logits, _ = model.apply({"params": params}, batch)
     return loss_fn(logits, batch["labels"], batch["domain"], batch["mask"], num_domains)
 
-  return jax.value_and_grad(loss_of)(params)
+  def update_step(state: TrainState, batch):
+    loss, grads = jax.value_and_grad(loss_of)(state.params, batch)
+    updates, opt_state = tx.update(grads, getattr(state, opt_state_field), state.params)
+    params = apply_updates(state.params, updates, labels, trains)
+    state = state.replace(params=params, **{opt_state_field: opt_state})
+    if counts_as_step:
+      state = state.replace(step=state.step + 1)
+    return state, {metric_name: loss}
+
+  return update_step
 
 
 def make_model_step(model, optimizers: Optimizers, loss_name: str,
                     num_domains: int) -> Callable:
-  """(state, batch) -> (state, metrics): one update of `model_tx`."""
-  loss_fn = losses.get_loss(loss_name)
-
-  def model_step(state: TrainState, batch):
-    loss, grads = _loss_and_grads(model, loss_fn, num_domains, state.params, batch)
-    updates, opt_state = optimizers.model_tx.update(grads, state.model_opt_state,
-                                                    state.params)
-    params = apply_updates(state.params, updates, optimizers.labels,
-                           optimizers.model_tx_trains)
-    state = state.replace(step=state.step + 1, params=params, model_opt_state=opt_state)
-    return state, {"loss": loss}
-
-  return model_step
+  """(state, batch) -> (state, {'loss'}): one update of `model_tx`; counts a step."""
+  return _make_update_step(model, optimizers.model_tx, optimizers.model_tx_trains,
+                           optimizers.labels, "model_opt_state", loss_name, num_domains,
+                           "loss", counts_as_step=True)
 
 
 def make_arch_step(model, optimizers: Optimizers, loss_name: str,
                    num_domains: int) -> Callable:
-  """(state, batch) -> (state, metrics): one update of `arch_tx`; model weights frozen."""
-  loss_fn = losses.get_loss(loss_name)
-
-  def arch_step(state: TrainState, batch):
-    loss, grads = _loss_and_grads(model, loss_fn, num_domains, state.params, batch)
-    updates, opt_state = optimizers.arch_tx.update(grads, state.arch_opt_state,
-                                                   state.params)
-    params = apply_updates(state.params, updates, optimizers.labels,
-                           optimizers.arch_tx_trains)
-    return state.replace(params=params, arch_opt_state=opt_state), {"arch_loss": loss}
-
-  return arch_step
+  """(state, batch) -> (state, {'arch_loss'}): one update of `arch_tx`; model frozen."""
+  return _make_update_step(model, optimizers.arch_tx, optimizers.arch_tx_trains,
+                           optimizers.labels, "arch_opt_state", loss_name, num_domains,
+                           "arch_loss", counts_as_step=False)
 
 
 def make_eval_step(model) -> Callable:

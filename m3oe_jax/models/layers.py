@@ -31,16 +31,21 @@ def layer_norm(y: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
   return centred * jax.lax.rsqrt(var + LAYER_NORM_EPSILON) * scale + bias
 
 
+def affine(module: nn.Module, x: jax.Array, features: int) -> jax.Array:
+  """x @ kernel + bias with `module`'s parameters `kernel` [in, features] and `bias`."""
+  fan_in = x.shape[-1]
+  kernel = module.param("kernel", torch_linear_kernel_init, (fan_in, features))
+  bias = module.param("bias", torch_linear_bias_init(fan_in), (features,))
+  return x @ kernel + bias
+
+
 class Dense(nn.Module):
   """x @ kernel + bias, parameters named `kernel` and `bias`."""
   features: int
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    fan_in = x.shape[-1]
-    kernel = self.param("kernel", torch_linear_kernel_init, (fan_in, self.features))
-    bias = self.param("bias", torch_linear_bias_init(fan_in), (self.features,))
-    return x @ kernel + bias
+    return affine(self, x, self.features)
 
 
 class Block(nn.Module):
@@ -49,12 +54,10 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    fan_in = x.shape[-1]
-    kernel = self.param("kernel", torch_linear_kernel_init, (fan_in, self.features))
-    bias = self.param("bias", torch_linear_bias_init(fan_in), (self.features,))
+    y = affine(self, x, self.features)
     ln_scale = self.param("ln_scale", nn.initializers.ones, (self.features,))
     ln_bias = self.param("ln_bias", nn.initializers.zeros, (self.features,))
-    return jax.nn.relu(layer_norm(x @ kernel + bias, ln_scale, ln_bias))
+    return jax.nn.relu(layer_norm(y, ln_scale, ln_bias))
 
 
 class MLP(nn.Module):
