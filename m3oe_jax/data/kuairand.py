@@ -13,7 +13,6 @@ differently prepared data never share a directory (`make_config`).
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -126,17 +125,9 @@ def _validate(s: Mapping[str, Any]) -> None:
   if bad or not s["tasks"]:
     raise ValueError(f"kuairand: tasks {bad or s['tasks']} are not log columns "
                      f"{list(LOG_COLUMNS)}")
-  bad = [f for f in s["sparse_features"] if f not in SPARSE_FEATURES]
-  if bad:
-    raise ValueError(f"kuairand: unknown sparse features {bad}; known: "
-                     f"{sorted(SPARSE_FEATURES)}")
-  bad = [f for f in s["dense_features"] if f not in DENSE_FEATURES]
-  if bad:
-    raise ValueError(f"kuairand: unknown dense features {bad}; known: {DENSE_FEATURES}")
+  rc.check_features_and_split("kuairand", s, SPARSE_FEATURES, DENSE_FEATURES)
   if len(set(s["tabs"])) != len(s["tabs"]):
     raise ValueError(f"kuairand: duplicate tabs in {s['tabs']}")
-  if s["split"] not in rc.SPLIT_KINDS:
-    raise ValueError(f"kuairand: split must be one of {rc.SPLIT_KINDS}, got {s['split']!r}")
 
 
 class M3oeKuairand(rc.RawTableBuilder):
@@ -331,7 +322,7 @@ def prepare_kuairand(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, *
           v = col(t)
           _check_binary(v, t, where, lines)
           labels[:, j] = v
-        ucodes = upos = None
+        upos = None
         if users is not None:
           upos, ufound = rc.lookup_rows(users.ids, user)
           if dense and not ufound.all():

@@ -93,15 +93,7 @@ def _validate(s: Mapping[str, Any]) -> None:
   if len(s["tasks"]) != len(s["task_thresholds"]) or not s["tasks"]:
     raise ValueError(f"movielens: tasks {s['tasks']} and task_thresholds "
                      f"{s['task_thresholds']} must have the same non-zero length")
-  bad = [f for f in s["sparse_features"] if f not in SPARSE_FEATURES]
-  if bad:
-    raise ValueError(f"movielens: unknown sparse features {bad}; known: "
-                     f"{sorted(SPARSE_FEATURES)}")
-  bad = [f for f in s["dense_features"] if f not in DENSE_FEATURES]
-  if bad:
-    raise ValueError(f"movielens: unknown dense features {bad}; known: {DENSE_FEATURES}")
-  if s["split"] not in rc.SPLIT_KINDS:
-    raise ValueError(f"movielens: split must be one of {rc.SPLIT_KINDS}, got {s['split']!r}")
+  rc.check_features_and_split("movielens", s, SPARSE_FEATURES, DENSE_FEATURES)
 
 
 def domain_name(group) -> str:

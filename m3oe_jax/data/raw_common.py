@@ -67,6 +67,21 @@ VOCAB_DIR = "vocab"
 SCHEMA_FILE = "m3oe_schema.json"
 
 
+def check_features_and_split(dataset: str, settings: Mapping[str, Any],
+                             sparse_known: Iterable[str], dense_known: Sequence[str]) -> None:
+  """Rejects unknown feature names and split kinds in a builder's settings."""
+  bad = [f for f in settings["sparse_features"] if f not in sparse_known]
+  if bad:
+    raise ValueError(f"{dataset}: unknown sparse features {bad}; known: "
+                     f"{sorted(sparse_known)}")
+  bad = [f for f in settings["dense_features"] if f not in dense_known]
+  if bad:
+    raise ValueError(f"{dataset}: unknown dense features {bad}; known: {dense_known}")
+  if settings["split"] not in SPLIT_KINDS:
+    raise ValueError(f"{dataset}: split must be one of {SPLIT_KINDS}, "
+                     f"got {settings['split']!r}")
+
+
 class RawDataError(ValueError):
   """The raw input is malformed; the message names the file, line and column."""
 

@@ -21,7 +21,6 @@ To prepare without training: `python -m m3oe_jax.data.tfds_loader
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os

@@ -3,7 +3,6 @@ leaves nothing that looks like a prepared dataset, and a rerun after the fix wor
 
 import csv
 import io
-import os
 import pathlib
 import re
 import shutil

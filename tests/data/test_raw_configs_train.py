@@ -7,7 +7,7 @@ import pytest
 
 from configs import kuairand as kuairand_config
 from configs import movielens as movielens_config
-from m3oe_jax.data import load_dataset, raw_common
+from m3oe_jax.data import load_dataset
 
 CONFIGS = {"kuairand": kuairand_config, "movielens": movielens_config}
 
