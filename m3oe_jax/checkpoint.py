@@ -39,7 +39,7 @@ class Progress:
   best_step: int | None = None
   best_epoch: int | None = None
   epochs_without_improvement: int = 0
-  finished: bool = False
+  stopped_early: bool = False  # no better validation metric for `patience` epochs
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -129,7 +129,11 @@ class CheckpointStore:
           + "\nUse a new --workdir, or restore the original config values.")
 
   def restore(self, which: str, target_state, step: int | None = None):
-    """(state laid out like `target_state` (shapes, shardings), Progress, meta)."""
+    """(state laid out like `target_state` (shapes, shardings), Progress, meta).
+
+    `target_state` holds arrays or jax.ShapeDtypeStructs with shardings; the
+    checkpoint may come from any mesh, device count or process count.
+    """
     mngr = self.latest if which == "latest" else self.best
     step = mngr.latest_step() if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
@@ -139,17 +143,20 @@ class CheckpointStore:
     return restored["state"], Progress(**meta["progress"]), meta
 
 
-def load_params(workdir: str | epath.PathLike, which: str = "best"):
+def load_params(workdir: str | epath.PathLike, which: str = "best", step: int | None = None):
   """Parameters, schema and config of a run, on one device, without its mesh.
 
   For notebooks: `params, schema, config = load_params(workdir)` then
-  `build_model(config.model, schema).apply({'params': params}, batch)`.
+  `build_model(config.model, schema).apply({'params': params}, batch)`. Any
+  mesh, device count or process count may have written the checkpoint. `step`
+  picks one of the kept `which` checkpoints (default: the newest).
   """
   store = CheckpointStore(workdir, read_only=True)
   mngr = store.latest if which == "latest" else store.best
-  step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no {which} checkpoint under {store.root}")
+  step = mngr.latest_step() if step is None else step
+  if step is None or step not in mngr.all_steps():
+    raise FileNotFoundError(f"no {which} checkpoint{'' if step is None else f' {step}'} "
+                            f"under {store.root} (kept: {mngr.all_steps()})")
   metadata = mngr.item_metadata(step)["state"]
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 

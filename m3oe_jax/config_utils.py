@@ -19,6 +19,9 @@ def add_paper_training(config: ml_collections.ConfigDict) -> ml_collections.Conf
   config.model.arch_init = 1.0
   config.model.gate_stop_gradient = True
   config.model.embed_init_std = 1e-4
+  # Table rows are padded to a multiple of this, so a table can be row-sharded
+  # evenly over any mesh axis whose size divides it. The padding rows stay zero.
+  config.model.embed_rows_multiple = 128
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.schedule = "reference"  # reference | paper | darts
@@ -41,6 +44,9 @@ def add_paper_training(config: ml_collections.ConfigDict) -> ml_collections.Conf
   config.mesh.data = -1  # -1: every device not used by the other axes
   config.mesh.model = 1
   config.mesh.embedding_axis = ""  # mesh axis to row-shard embedding tables on
+  # Refuse to start when the compiled train step needs more bytes of one device
+  # than this (0: no check). XLA's own allocator fails later and less clearly.
+  config.mesh.device_memory_budget_bytes = 0
   return config
 
 

@@ -1,9 +1,12 @@
 """Device mesh, shardings of the train state and batches, and host-to-device transfer.
 
 The mesh has axes ('data', 'model'). Batches are split over 'data'; parameters
-and optimizer states are replicated, except embedding tables, which are
-row-sharded over `config.mesh.embedding_axis` when it names an axis. The mesh
-uses Auto axis types, so a gather from a row-sharded table needs no annotation.
+and optimizer states are replicated, except embedding tables (and their Adam
+moments), which are row-sharded over `config.mesh.embedding_axis` when it names
+an axis: each device then holds 1/N of every table. Tables are padded to a
+multiple of `config.model.embed_rows_multiple` rows so that they split evenly.
+The mesh uses Auto axis types, so XLA turns a lookup in a row-sharded table into
+a local gather plus an all-reduce without annotations in the model.
 """
 
 from __future__ import annotations
@@ -37,6 +40,15 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
   return Mesh(mesh_devices, AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
+def check_table_rows(rows_multiple: int, mesh: Mesh, embedding_axis: str) -> None:
+  if embedding_axis and rows_multiple % mesh.shape[embedding_axis]:
+    raise ValueError(
+        f"config.mesh.embedding_axis={embedding_axis!r} splits tables "
+        f"{mesh.shape[embedding_axis]} ways, which must divide "
+        f"config.model.embed_rows_multiple={rows_multiple} (tables are padded to a "
+        "multiple of it); raise embed_rows_multiple to a multiple of the axis size")
+
+
 def check_batch_size(batch_size: int, mesh: Mesh, name: str) -> None:
   shards = mesh.shape["data"]
   if batch_size % shards or batch_size % jax.process_count():
@@ -59,11 +71,29 @@ def state_shardings(abstract_state, mesh: Mesh, embedding_axis: str):
   def for_leaf(path, leaf):
     names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
     is_table = "embedding" in names and getattr(leaf, "ndim", 0) == 2
-    if embedding_axis and is_table and leaf.shape[0] % mesh.shape[embedding_axis] == 0:
+    if embedding_axis and is_table:
       return NamedSharding(mesh, P(embedding_axis, None))
     return replicated(mesh)
 
   return jax.tree_util.tree_map_with_path(for_leaf, abstract_state)
+
+
+def bytes_per_device(abstract_tree, shardings) -> int:
+  """The bytes one device holds of a tree laid out by `shardings` (the largest)."""
+  total = 0
+  for leaf, leaf_sharding in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)):
+    total += int(np.prod(leaf_sharding.shard_shape(leaf.shape))) * leaf.dtype.itemsize
+  return total
+
+
+def compiled_bytes_per_device(compiled) -> int | None:
+  """Device memory an executable needs while it runs: arguments, outputs not
+  aliased to (donated) arguments, and temporaries; None where XLA can't say."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return None
+  return (stats.argument_size_in_bytes + stats.output_size_in_bytes
+          - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
 
 
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -2,7 +2,8 @@
 
 Data flows one way: config -> dataset -> batches -> jitted steps -> metrics and
 checkpoints. Rerunning the same command resumes from the workdir's latest
-checkpoint; a finished run only re-reports its test metrics.
+checkpoint; a finished run only re-reports its test metrics, and a larger
+`--config.num_epochs` continues a run that did not stop early.
 """
 
 from __future__ import annotations
@@ -20,17 +21,12 @@ from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from m3oe_jax import checkpoint, metrics, optim, sharding, step
+from m3oe_jax import checkpoint, cli, metrics, sharding
 from m3oe_jax.data import load_dataset, pipeline
-from m3oe_jax.models import build_model, init_params
+from m3oe_jax.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, metrics.")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first (multi-process runs).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -63,96 +59,18 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.optimizer.arch_every_steps must be >= 1 for schedule 'darts'")
 
 
-class Trainer:
-  """The jitted steps of one run, bound to its model, mesh and data."""
-
-  def __init__(self, config, dataset: pipeline.Dataset, mesh):
-    self.config = config
-    self.dataset = dataset
-    self.schema = dataset.schema
-    self.mesh = mesh
-    self.model = build_model(config.model, self.schema)
-    for name in ("batch_size", "eval_batch_size"):
-      sharding.check_batch_size(int(config[name]), mesh, name)
-
-    params_shape = jax.eval_shape(
-        lambda rng: init_params(self.model, self.schema, rng), jax.random.key(0))
-    self.optimizers = optim.make_optimizers(config.optimizer, params_shape)
-    state_shape = jax.eval_shape(
-        lambda p: step.create_train_state(p, self.optimizers), params_shape)
-    self.state_sharding = sharding.state_shardings(state_shape, mesh,
-                                                   config.mesh.embedding_axis)
-    self.params_sharding = self.state_sharding.params
-    num_domains = self.schema.num_domains
-    self.model_step = jax.jit(
-        step.make_model_step(self.model, self.optimizers, config.optimizer.train_loss,
-                             num_domains),
-        out_shardings=(self.state_sharding, None), donate_argnums=0)
-    self.arch_step = jax.jit(
-        step.make_arch_step(self.model, self.optimizers, config.optimizer.arch_loss,
-                            num_domains),
-        out_shardings=(self.state_sharding, None), donate_argnums=0)
-    self.eval_step = jax.jit(step.make_eval_step(self.model))
-
-  def initial_state(self, seed: int):
-
-    def init(rng):
-      params = init_params(self.model, self.schema, rng)
-      return step.create_train_state(params, self.optimizers)
-
-    return jax.jit(init, out_shardings=self.state_sharding)(jax.random.key(seed))
-
-  def put(self, batch):
-    return sharding.put_batch(batch, self.mesh)
-
-  def train_batch(self, position: int):
-    return self.put(pipeline.shuffled_batch(
-        self.dataset.splits["train"], self.config.batch_size, self.config.seed, position,
-        jax.process_index(), jax.process_count()))
-
-  def arch_batch(self, arch_steps: int):
-    """The architecture step's batch: training data for reference/paper, validation
-    data for darts, each from a stream of its own."""
-    split = "validation" if self.config.optimizer.schedule == "darts" else "train"
-    return self.put(pipeline.shuffled_batch(
-        self.dataset.splits[split], self.config.batch_size, self.config.seed + 1,
-        arch_steps, jax.process_index(), jax.process_count()))
-
-  def evaluate(self, params, split: str) -> tuple[dict, np.ndarray | None]:
-    """Metrics over the whole split, from every process's rows, identical on all
-    processes; and the mean gate weight per (domain, task, expert)."""
-    source = self.dataset.splits[split]
-    outputs = []
-    for batch in pipeline.ordered_batches(source, self.config.eval_batch_size,
-                                          jax.process_index(), jax.process_count()):
-      outputs.append((self.eval_step(params, self.put(batch)), batch))
-    columns = {"probs": [], "gates": [], "labels": [], "domain": []}
-    for (probs, gates), batch in outputs:
-      host = {"labels": batch["labels"], "domain": batch["domain"], "mask": batch["mask"]}
-      if jax.process_count() > 1:
-        host = multihost_utils.process_allgather(host, tiled=True)
-      probs, gates = multihost_utils.process_allgather((probs, gates), tiled=True)
-      real = host["mask"] > 0
-      for name, value in (("probs", probs), ("gates", gates), ("labels", host["labels"]),
-                          ("domain", host["domain"])):
-        columns[name].append(None if value is None else np.asarray(value)[real])
-    probs, labels, domain = (np.concatenate(columns[k]) for k in ("probs", "labels", "domain"))
-    result = metrics.evaluate_predictions(probs, labels, domain, self.schema.domain_names,
-                                          self.schema.task_names)
-    gate_means = None
-    if columns["gates"][0] is not None:
-      gates = np.concatenate(columns["gates"])
-      gate_means = np.stack([
-          gates[domain == d].mean(0) if np.any(domain == d) else np.full(gates.shape[1:], np.nan)
-          for d in range(self.schema.num_domains)])                   # [D, T, E]
-    return result, gate_means
-
-
 class _PreemptionWatch:
-  """Notes SIGTERM so the loop can save at the current step and exit cleanly."""
+  """Notes SIGTERM so the loop can save at the current step and exit cleanly.
+
+  One process: a Python SIGTERM handler. Several processes: JAX's preemption
+  service (started by jax.distributed.initialize) catches the signal in any
+  process and agrees with the others on one step at which all of them stop.
+  """
 
   def __init__(self):
     self.requested = False
+    if jax.process_count() > 1:
+      return
     try:
       signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread (e.g. a notebook worker): no handler
@@ -163,8 +81,8 @@ class _PreemptionWatch:
     self.requested = True
 
   def should_stop(self, step_number: int) -> bool:
+    """Call at every step, in every process."""
     if jax.process_count() > 1:
-      # Every process must stop at the same step: JAX's preemption sync point.
       return multihost_utils.reached_preemption_sync_point(step_number)
     return self.requested
 
@@ -233,6 +151,13 @@ def _architecture_scalars(params, gate_means, schema) -> dict[str, float]:
   return values
 
 
+def _preempted(logger: _Logger, store: checkpoint.CheckpointStore, step_number: int) -> dict:
+  logger.close()
+  logging.info("preempted: saved step %d to %s; rerun the same command to resume",
+               step_number, store.root)
+  return {"preempted": True, "step": step_number}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains with early stopping, then evaluates the best weights on the test split.
 
@@ -247,10 +172,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   store = checkpoint.CheckpointStore(workdir)
   store.check_compatible(config, dataset.schema)
 
-  state = trainer.initial_state(config.seed)
-  progress = checkpoint.Progress()
-  if store.latest_step() is not None:
-    state, progress, _ = store.restore("latest", state)
+  if store.latest_step() is None:
+    state, progress = trainer.initial_state(config.seed), checkpoint.Progress()
+  else:
+    state, progress, _ = store.restore("latest", trainer.abstract_state())
     logging.info("resumed from %s at step %d (epoch %d, batch %d)", store.root,
                  int(state.step), progress.epoch, progress.batch)
 
@@ -258,8 +183,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logger = _Logger(workdir, steps_per_epoch * config.num_epochs, config.batch_size)
   schedule = config.optimizer.schedule
   preemption = _PreemptionWatch()
+  preempted = False
 
-  while not progress.finished and progress.epoch < config.num_epochs:
+  while not progress.stopped_early and progress.epoch < config.num_epochs:
     for index in range(progress.batch, steps_per_epoch):
       state, out = trainer.model_step(state, trainer.train_batch(
           progress.epoch * steps_per_epoch + index))
@@ -274,13 +200,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step_number % config.checkpoint_every_steps == 0 and index + 1 < steps_per_epoch:
         logger.check_finite()
         _save(store, "latest", state, progress, config, dataset.schema)
-      if preemption.should_stop(step_number) and index + 1 < steps_per_epoch:
+      preempted = preemption.should_stop(step_number)
+      if preempted and index + 1 < steps_per_epoch:
         logger.check_finite()
         _save(store, "latest", state, progress, config, dataset.schema)
-        logger.close()
-        logging.info("preempted: saved step %d to %s; rerun the same command to resume",
-                     step_number, store.root)
-        return {"preempted": True, "step": step_number}
+        return _preempted(logger, store, step_number)
     logger.flush_progress(int(state.step))
 
     if schedule in ("reference", "paper"):
@@ -305,15 +229,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logging.info("early stopping after epoch %d: no better validation mean AUC for "
                    "%d epochs (best %.5f at epoch %d)", epoch, config.patience,
                    progress.best_metric, progress.best_epoch)
-      progress.finished = True
-    progress.finished = progress.finished or progress.epoch >= config.num_epochs
+      progress.stopped_early = True
     _save(store, "latest", state, progress, config, dataset.schema, validation)
+    more_epochs = not progress.stopped_early and progress.epoch < config.num_epochs
+    if preempted and more_epochs:  # the signal came at an epoch's last step
+      return _preempted(logger, store, int(state.step))
   logger.close()
 
   if store.latest_step("best") is None:
     raise RuntimeError("no validation AUC was ever defined (every (domain, task) pair of "
                        "the validation split has a single label class); nothing to test")
-  best_state, best_progress, _ = store.restore("best", state)
+  best_state, best_progress, _ = store.restore("best", trainer.abstract_state())
   test, _ = trainer.evaluate(best_state.params, "test")
   result = {"test": test, "best_epoch": best_progress.best_epoch,
             "best_step": best_progress.best_step,
@@ -335,12 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  # Orbax reports every save and restore at INFO; keep the console to progress lines.
-  logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+  cli.quiet_orbax_logs()
+  cli.initialize_distributed()
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

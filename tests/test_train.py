@@ -61,7 +61,7 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(finished_run):
 
   store = checkpoint.CheckpointStore(workdir, read_only=True)
   meta = store.read_meta("latest")
-  assert meta["progress"]["finished"] is True
+  assert meta["progress"]["epoch"] == config.num_epochs
   assert meta["config"]["model"]["fcn_dims"] == list(config.model.fcn_dims)
   assert meta["schema"]["task_names"] == ["synthetic_task0", "synthetic_task1"]
   best_meta = store.read_meta("best")

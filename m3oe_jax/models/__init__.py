@@ -43,6 +43,7 @@ def build_model(config: ml_collections.ConfigDict, schema: FeatureSchema):
         arch_init=config.arch_init,
         gate_stop_gradient=config.gate_stop_gradient,
         embed_init_std=config.embed_init_std,
+        embed_rows_multiple=config.get("embed_rows_multiple", 1),
     )
   raise ValueError(f"config.model.name={config.name!r} is not a known model; "
                    "expected 'm3oe'")
@@ -66,19 +67,34 @@ def param_groups(params) -> Any:
           for k, v in params.items()}
 
 
-def export_weights(params) -> dict[str, np.ndarray]:
-  """The parameters as a flat {'a/b/c': array} mapping (spec section 7 names)."""
+def export_weights(params, schema: FeatureSchema | None = None) -> dict[str, np.ndarray]:
+  """The parameters as a flat {'a/b/c': array} mapping (spec section 7 names).
+
+  With `schema`, each embedding table is cut to its vocabulary (its padding rows,
+  see `model.embed_rows_multiple`, dropped), giving the spec's shapes.
+  """
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-  return {name: np.asarray(value) for name, value in flat.items()}
+  named = {name: np.asarray(value) for name, value in flat.items()}
+  if schema is not None:
+    for feature, vocab in zip(schema.sparse_names, schema.vocab_sizes):
+      named[f"embedding/{feature}"] = named[f"embedding/{feature}"][:vocab]
+  return named
 
 
 def import_weights(named: Mapping[str, Any], template) -> Any:
   """Builds a parameter tree like `template` from a flat mapping of named arrays.
 
   Every name of the template must be present with the same shape, and no other
-  names may be given; otherwise the error lists the offending names.
+  names may be given; otherwise the error lists the offending names. An embedding
+  table may have fewer rows than the template's (padded) one: the rest are zeros.
   """
   expected = flax.traverse_util.flatten_dict(flax.core.unfreeze(template), sep="/")
+  named = dict(named)
+  for name in expected:
+    rows = expected[name].shape[0] if expected[name].ndim else 0
+    if name.startswith("embedding/") and name in named and 0 < len(named[name]) < rows:
+      value = np.asarray(named[name])
+      named[name] = np.pad(value, ((0, rows - len(value)),) + ((0, 0),) * (value.ndim - 1))
   missing = sorted(set(expected) - set(named))
   unexpected = sorted(set(named) - set(expected))
   wrong_shape = [

@@ -21,7 +21,7 @@ ARCH_NAMES = ("bal_d", "bal_t", "exp_d", "exp_t")
 
 
 def validate_dims(fcn_dims: Sequence[int], embed_dim: int, num_shared_experts: int,
-                  num_domains: int, num_tasks: int) -> None:
+                  num_domains: int, num_tasks: int, embed_rows_multiple: int = 1) -> None:
   """Rejects configurations the reference would mis-handle or crash on."""
   dims = list(fcn_dims)
   if len(dims) < 4:
@@ -35,26 +35,45 @@ def validate_dims(fcn_dims: Sequence[int], embed_dim: int, num_shared_experts: i
         f"model.fcn_dims={dims}: the expert MLP's input fcn_dims[2]={dims[2]} must "
         f"equal the star output fcn_dims[1]={dims[1]}")
   for name, value in (("model.embed_dim", embed_dim),
+                      ("model.embed_rows_multiple", embed_rows_multiple),
                       ("model.num_shared_experts", num_shared_experts),
                       ("number of domains", num_domains), ("number of tasks", num_tasks)):
     if value < 1:
       raise ValueError(f"{name} must be >= 1, got {value}")
 
 
+def padded_rows(vocab: int, multiple: int) -> int:
+  """Rows of a table for `vocab` ids: `vocab` rounded up to a multiple of `multiple`."""
+  return -(-vocab // multiple) * multiple
+
+
 class Embeddings(nn.Module):
-  """One table per sparse feature; concatenates the looked-up rows and dense values."""
+  """One table per sparse feature; concatenates the looked-up rows and dense values.
+
+  A table has `padded_rows(vocab, rows_multiple)` rows so that it can be split
+  evenly over a mesh axis. The rows past the vocabulary start at zero and are
+  never looked up, so their gradient, Adam update and weight decay are all zero:
+  they stay zero and change no result.
+  """
   feature_names: Sequence[str]
   vocab_sizes: Sequence[int]
   embed_dim: int
   init_std: float
+  rows_multiple: int = 1
 
   @nn.compact
   def __call__(self, sparse: jax.Array, dense: jax.Array) -> jax.Array:
-    init = nn.initializers.normal(self.init_std)
+    normal = nn.initializers.normal(self.init_std)
     columns = []
     for k, (name, vocab) in enumerate(zip(self.feature_names, self.vocab_sizes)):
-      table = self.param(name, init, (vocab, self.embed_dim))
-      columns.append(jnp.take(table, sparse[:, k], axis=0, mode="clip"))
+
+      def init(key, shape, vocab=vocab):
+        return jnp.pad(normal(key, (vocab, shape[1])), ((0, shape[0] - vocab), (0, 0)))
+
+      rows = padded_rows(vocab, self.rows_multiple)
+      table = self.param(name, init, (rows, self.embed_dim))
+      ids = sparse[:, k] if rows == vocab else jnp.minimum(sparse[:, k], vocab - 1)
+      columns.append(jnp.take(table, ids, axis=0, mode="clip"))
     return jnp.concatenate(columns + [dense.astype(jnp.float32)], axis=-1)
 
 
@@ -140,14 +159,15 @@ class M3oE(nn.Module):
   arch_init: float = 1.0
   gate_stop_gradient: bool = True
   embed_init_std: float = 1e-4
+  embed_rows_multiple: int = 1
 
   def setup(self):
     validate_dims(self.fcn_dims, self.embed_dim, self.num_shared_experts,
-                  self.num_domains, self.num_tasks)
+                  self.num_domains, self.num_tasks, self.embed_rows_multiple)
     h1, h2 = self.fcn_dims[0], self.fcn_dims[1]
     expert_widths = tuple(self.fcn_dims[3:])
     self.embedding = Embeddings(self.feature_names, self.vocab_sizes, self.embed_dim,
-                                self.embed_init_std)
+                                self.embed_init_std, self.embed_rows_multiple)
     self.star = Star(self.num_domains, h1)
     self.star_mlp = Block(h2)
     self.skip = Block(h2)

@@ -1,0 +1,78 @@
+"""Evaluates a run's checkpoint on any mesh: `python -m m3oe_jax.evaluate --workdir=DIR`.
+
+Reads the config and feature schema saved with the checkpoint, prepares the same
+data, restores the parameters onto a mesh of this job's devices (whatever mesh,
+device count and process count wrote them) and prints AUC and logloss per
+(domain, task) over the whole split. Every process computes the same figures
+from every process's rows. Takes the same --distributed flags as
+m3oe_jax.train.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import ml_collections
+from absl import app, flags
+from etils import epath
+
+from m3oe_jax import checkpoint, cli, metrics, sharding
+from m3oe_jax.data import FeatureSchema, load_dataset
+from m3oe_jax.trainer import Trainer
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
+_WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint.")
+_SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
+_MESH_DATA = flags.DEFINE_integer("mesh_data", -1, "Data axis size (-1: the rest).")
+_MESH_MODEL = flags.DEFINE_integer("mesh_model", 1, "Model axis size.")
+_EMBEDDING_AXIS = flags.DEFINE_string("embedding_axis", "",
+                                      "Mesh axis to row-shard the tables on.")
+_OUTPUT = flags.DEFINE_string("output", None, "Also write the metrics to this JSON file.")
+
+
+def evaluate_checkpoint(workdir: str, split: str = "test", which: str = "best",
+                        mesh: dict | None = None) -> dict:
+  """Per-(domain, task) metrics of a saved checkpoint on `split`.
+
+  `mesh` overrides fields of the saved config's mesh section (data, model,
+  embedding_axis); by default the data axis spans every device.
+  """
+  store = checkpoint.CheckpointStore(workdir, read_only=True)
+  if store.latest_step(which) is None:
+    raise FileNotFoundError(f"no {which} checkpoint under {store.root}")
+  meta = store.read_meta(which)
+  config = ml_collections.ConfigDict(meta["config"])
+  config.mesh.update({"data": -1, "model": 1, "embedding_axis": "", **(mesh or {})})
+  dataset = load_dataset(config.data)
+  saved = FeatureSchema.from_dict(meta["schema"]).model_signature()
+  if saved != dataset.schema.model_signature():
+    raise ValueError(f"the data prepared from the checkpoint's config no longer matches "
+                     f"its feature schema: checkpoint has {saved}, data has "
+                     f"{dataset.schema.model_signature()}")
+  if split not in dataset.splits:
+    raise ValueError(f"--split={split!r}: the data has splits {sorted(dataset.splits)}")
+  trainer = Trainer(config, dataset, sharding.make_mesh(config.mesh))
+  state, _, _ = store.restore(which, trainer.abstract_state())
+  result, _ = trainer.evaluate(state.params, split)
+  return result
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.quiet_orbax_logs()
+  cli.initialize_distributed()
+  result = evaluate_checkpoint(
+      _WORKDIR.value, _SPLIT.value, _WHICH.value,
+      dict(data=_MESH_DATA.value, model=_MESH_MODEL.value,
+           embedding_axis=_EMBEDDING_AXIS.value))
+  if jax.process_index() == 0:
+    print(metrics.format_table(result, f"{_SPLIT.value} ({_WHICH.value} checkpoint)"))
+    if _OUTPUT.value:
+      epath.Path(_OUTPUT.value).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main)

@@ -1,0 +1,201 @@
+"""Scale-out, end to end: the same run on 1 device, on 8 simulated devices (meshes
+8x1, 4x2 and 2x4, data x model) and on 2 processes gives the same losses,
+parameters and metrics; checkpoints move between meshes, device counts and process
+counts; a multi-process run survives SIGTERM; tables row-sharded past one
+device's memory budget train.
+
+Every run is a real `python -m m3oe_jax.train` (or `m3oe_jax.evaluate`) process:
+simulated devices need XLA_FLAGS before jax starts, and processes join through
+jax.distributed over loopback with CPU collectives.
+
+Tolerance. Sharding changes the order of float32 sums (each device sums its rows,
+then the partial sums are added), so results agree to rounding, not bit for bit:
+a sum of n float32 terms in another order differs by about n * 2^-24 relative,
+here about 1e-6 for the loss over a batch of 128. Adam divides each update by the
+root of its second moment, which keeps a relative error in a gradient a relative
+error in the update, so over 75 steps the parameters drift apart by about
+75 * 1e-6 * lr ~ 1e-7 absolute. The tests allow 1e-5 on the loss and on every
+parameter: a hundred times that, and still far below the smallest real change a
+step makes (lr = 3e-3).
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from m3oe_jax import checkpoint
+from tests import event_files
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-5
+EPOCH_STEPS = 25  # ceil(3200 training rows / batch 128) in configs/synthetic.py:tiny
+
+
+def _env(devices: int) -> dict:
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  flags = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count", "")
+  env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+  return env
+
+
+def _train(workdir, epochs, *flags):
+  return [sys.executable, "-m", "m3oe_jax.train", "--config=configs/synthetic.py:tiny",
+          f"--workdir={workdir}", f"--config.num_epochs={epochs}",
+          "--config.log_every_steps=1", "--config.checkpoint_every_steps=1000", *flags]
+
+
+def _mesh(data, model, axis=""):
+  return [f"--config.mesh.data={data}", f"--config.mesh.model={model}",
+          f"--config.mesh.embedding_axis={axis}"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _processes(command, count):
+  """`count` copies of `command`, joined by jax.distributed over loopback."""
+  address = f"localhost:{_free_port()}"
+  return [command + ["--distributed", f"--coordinator_address={address}",
+                     f"--num_processes={count}", f"--process_id={i}"] for i in range(count)]
+
+
+def _start(command, devices=1):
+  return subprocess.Popen(command, cwd=REPO, env=_env(devices), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _finish(procs, timeout=600):
+  """Waits for every process; returns their stderr; fails with it on an error."""
+  logs = []
+  for proc in procs:
+    _, stderr = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+      raise AssertionError(f"{proc.args} exited {proc.returncode}:\n{stderr[-4000:]}")
+    logs.append(stderr)
+  return logs
+
+
+def _losses(workdir) -> dict[int, float]:
+  return dict(event_files.scalars(workdir / "tensorboard")["train/loss"])
+
+
+def _params(workdir, which="latest"):
+  params, _, _ = checkpoint.load_params(workdir, which)
+  return params
+
+
+def _max_difference(a, b) -> float:
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """All the runs, started in three waves (each wave's processes run together)."""
+  root = tmp_path_factory.mktemp("scale")
+  w = {name: root / name for name in ("base", "8x1", "4x2", "2x4", "2proc")}
+
+  # Wave 1: the 1-device baseline (3 epochs); 8x1 and 4x2 for 2 epochs; 2x4 for all
+  # 3; two processes of 2 devices each (a 2x2 mesh whose tables are row-sharded over
+  # 'data', the axis that spans the processes) for 2 epochs, preempted on the way.
+  # The two-process run checkpoints every step so that it trains slowly enough for
+  # the signal to land mid-run.
+  base = _start(_train(w["base"], 3))
+  meshes = [_start(_train(w["8x1"], 2, *_mesh(8, 1)), devices=8),
+            _start(_train(w["4x2"], 2, *_mesh(4, 2, "model")), devices=8),
+            _start(_train(w["2x4"], 3, *_mesh(2, 4, "model")), devices=8)]
+  two = _processes(_train(w["2proc"], 2, *_mesh(2, 2, "data"),
+                          "--config.checkpoint_every_steps=1"), 2)
+  pair = [_start(command, devices=2) for command in two]
+  latest = w["2proc"] / "checkpoints" / "latest"
+  deadline = time.time() + 300
+  while not (latest.exists() and any(p.name.isdigit() for p in latest.iterdir())):
+    assert time.time() < deadline and all(p.poll() is None for p in pair), "no checkpoint"
+    time.sleep(0.05)
+  pair[1].send_signal(15)  # SIGTERM to one process only
+  preempted_logs = _finish(pair)
+  _finish([base] + meshes)
+
+  # Wave 2: the preempted pair reruns the same command and finishes its 2 epochs.
+  _finish([_start(command, devices=2) for command in two])
+
+  # Wave 3: every 2-epoch run continues to epoch 3 on another layout (8x1 on one
+  # device, 4x2 on 8x1, two processes as one), and the baseline's best checkpoint
+  # is evaluated on 8 devices and by two processes.
+  evaluations = {"8dev": root / "eval_8dev.json", "2proc": root / "eval_2proc.json"}
+  evaluate = [sys.executable, "-m", "m3oe_jax.evaluate", f"--workdir={w['base']}"]
+  _finish([_start(_train(w["8x1"], 3, *_mesh(-1, 1))),
+           _start(_train(w["4x2"], 3, *_mesh(8, 1)), devices=8),
+           _start(_train(w["2proc"], 3, *_mesh(-1, 1))),
+           _start(evaluate + ["--mesh_model=4", "--embedding_axis=model",
+                              f"--output={evaluations['8dev']}"], devices=8)]
+          + [_start(c, devices=2) for c in _processes(
+              evaluate + ["--mesh_model=2", "--embedding_axis=data",
+                          f"--output={evaluations['2proc']}"], 2)])
+  return w, preempted_logs, evaluations
+
+
+@pytest.mark.parametrize("name", ["8x1", "4x2", "2x4", "2proc"])
+def test_every_mesh_and_process_count_gives_the_single_device_numbers(runs, name):
+  """Losses of all 75 steps, final parameters (after the move to another layout for
+  the runs that moved) and test metrics agree with the 1-device run."""
+  w, _, _ = runs
+  base_losses, losses = _losses(w["base"]), _losses(w[name])
+  assert sorted(losses) == list(range(1, 3 * EPOCH_STEPS + 1))
+  worst = max(abs(losses[s] - base_losses[s]) for s in base_losses)
+  assert worst < TOLERANCE, f"loss differs by {worst}"
+  assert _max_difference(_params(w[name]), _params(w["base"])) < TOLERANCE
+
+  base_test = json.loads((w["base"] / "metrics.json").read_text())["test"]
+  test = json.loads((w[name] / "metrics.json").read_text())["test"]
+  assert test["pairs"].keys() == base_test["pairs"].keys()
+  for pair, want in base_test["pairs"].items():
+    assert test["pairs"][pair]["auc"] == pytest.approx(want["auc"], abs=1e-4), pair
+    assert test["pairs"][pair]["logloss"] == pytest.approx(want["logloss"], abs=1e-5), pair
+
+
+def test_padding_rows_of_row_sharded_tables_stay_zero(runs):
+  w, _, _ = runs
+  params, schema, _ = checkpoint.load_params(w["2x4"], "latest")
+  for feature, vocab in zip(schema.sparse_names, schema.vocab_sizes):
+    table = np.asarray(params["embedding"][feature])
+    assert table.shape[0] % 128 == 0 and table.shape[0] > vocab
+    assert np.all(table[vocab:] == 0)
+    assert np.any(table[:vocab] != 0)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(runs):
+  w, logs, _ = runs
+  saved = [int(log.split("preempted: saved step ")[1].split()[0]) for log in logs]
+  assert saved[0] == saved[1], saved
+  assert 0 < saved[0] < 2 * EPOCH_STEPS
+  # The rerun resumed from there: its losses are the baseline's (checked above), and
+  # each step was trained once.
+  assert sorted(_losses(w["2proc"])) == list(range(1, 3 * EPOCH_STEPS + 1))
+
+
+def test_metrics_are_global_over_devices_and_processes(runs):
+  """The same checkpoint evaluated on 1 device, on 8 devices with row-sharded
+  tables, and by two processes (each evaluating its own half of every batch) gives
+  the same per-(domain, task) AUC and logloss."""
+  w, _, evaluations = runs
+  base = json.loads((w["base"] / "metrics.json").read_text())["test"]
+  for where, path in evaluations.items():
+    got = json.loads(path.read_text())
+    assert got["pairs"].keys() == base["pairs"].keys()
+    for pair, want in base["pairs"].items():
+      assert got["pairs"][pair]["count"] == want["count"], (where, pair)
+      assert got["pairs"][pair]["auc"] == pytest.approx(want["auc"], abs=1e-7), (where, pair)
+      assert got["pairs"][pair]["logloss"] == pytest.approx(want["logloss"], abs=1e-6), (
+          where, pair)
