@@ -82,7 +82,9 @@ class CheckpointStore:
       options = ocp.CheckpointManagerOptions(
           max_to_keep=keep, create=not read_only, read_only=read_only,
           enable_async_checkpointing=False)
-      return ocp.CheckpointManager(root / name, options=options)
+      handlers = {"state": ocp.StandardCheckpointHandler(),
+                  "meta": ocp.JsonCheckpointHandler()}
+      return ocp.CheckpointManager(root / name, options=options, item_handlers=handlers)
 
     self.latest = manager("latest", 2)
     self.best = manager("best", 1)
@@ -159,11 +161,9 @@ def load_params(workdir: str | epath.PathLike, which: str = "best", step: int | 
                             f"under {store.root} (kept: {mngr.all_steps()})")
   metadata = mngr.item_metadata(step)["state"]
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-
-  def abstract(leaf):
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
-
-  target = jax.tree.map(abstract, metadata)
+  # The saved shardings name the writer's devices; lay every array out on ours.
+  target = jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), metadata)
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
   meta = restored["meta"]
