@@ -1,13 +1,24 @@
 """Command-line pieces shared by m3oe_jax.train and m3oe_jax.evaluate."""
 
 import jax
-from absl import flags, logging
+from absl import app, flags, logging
 
+WORKDIR = flags.DEFINE_string("workdir", None,
+                              "The run's directory: checkpoints, TensorBoard logs, metrics.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-process runs).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def start(argv) -> None:
+  """What every command line does first: refuse stray arguments, quiet orbax's
+  logs, and join the other processes when --distributed is given."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  quiet_orbax_logs()
+  initialize_distributed()
 
 
 def initialize_distributed() -> None:

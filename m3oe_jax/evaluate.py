@@ -21,7 +21,6 @@ from m3oe_jax import checkpoint, cli, metrics, sharding
 from m3oe_jax.data import FeatureSchema, load_dataset
 from m3oe_jax.trainer import Trainer
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint.")
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
 _MESH_DATA = flags.DEFINE_integer("mesh_data", -1, "Data axis size (-1: the rest).")
@@ -59,12 +58,9 @@ def evaluate_checkpoint(workdir: str, split: str = "test", which: str = "best",
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.quiet_orbax_logs()
-  cli.initialize_distributed()
+  cli.start(argv)
   result = evaluate_checkpoint(
-      _WORKDIR.value, _SPLIT.value, _WHICH.value,
+      cli.WORKDIR.value, _SPLIT.value, _WHICH.value,
       dict(data=_MESH_DATA.value, model=_MESH_MODEL.value,
            embedding_axis=_EMBEDDING_AXIS.value))
   if jax.process_index() == 0:

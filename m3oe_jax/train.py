@@ -26,7 +26,6 @@ from m3oe_jax.data import load_dataset, pipeline
 from m3oe_jax.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, metrics.")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -259,11 +258,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.quiet_orbax_logs()
-  cli.initialize_distributed()
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  cli.start(argv)
+  train_and_evaluate(_CONFIG.value, cli.WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import synthetic as synthetic_config
-from m3oe_jax import checkpoint, train
+from m3oe_jax import checkpoint, evaluate, train
 from m3oe_jax.data import load_dataset
 from m3oe_jax.models import build_model
 from tests import event_files
@@ -80,6 +80,16 @@ def test_checkpoint_loads_in_a_notebook_without_the_mesh(finished_run):
                                        batch["domain"], schema.domain_names,
                                        schema.task_names)
   assert abs(again["mean_auc"] - result["test"]["mean_auc"]) < 1e-6
+
+
+def test_evaluate_reports_a_checkpoints_metrics_and_names_bad_input(finished_run, tmp_path):
+  _, workdir, result = finished_run
+  assert evaluate.evaluate_checkpoint(str(workdir), "test")["pairs"] == result["test"]["pairs"]
+  with pytest.raises(ValueError, match="--split='dev'"):
+    evaluate.evaluate_checkpoint(str(workdir), "dev")
+  with pytest.raises(FileNotFoundError, match="no best checkpoint"):
+    evaluate.evaluate_checkpoint(str(tmp_path / "empty"))
+  assert not (tmp_path / "empty").exists()
 
 
 def test_rerunning_a_finished_run_reports_the_same_metrics(finished_run):
