@@ -1,98 +1,78 @@
 """Training and evaluation throughput of M3oE on the reference's MovieLens-sized model.
 
   python benchmarks/bench_train.py [--batch_sizes=256,4096,40960] [--repeats=5]
+  python benchmarks/bench_train.py --batch_sizes=4096,40960,262144 --embedding_share  # GPU
 
 Reports, per batch size: compile time, median examples/s over repeated timed runs
 after compilation (with min and max), peak memory, and the step's achieved FLOP/s
 (XLA's cost analysis times steps/s) next to the FLOP/s of one 2048x2048 float32
 matmul measured in the same run. Batches are resident on the device, so this
 measures the jitted step, not the input pipeline (see bench_data.py for that).
-The reference column is the authors' PyTorch code (torch 2.13, 2 threads) on a
+Peak memory is the process's peak so far (device memory where the backend
+reports it, else max RSS), so a row never reads lower than the rows before it.
+
+The reference columns are the authors' PyTorch code (torch 2.13, 2 threads) on a
 2-core machine of the class CI runs on; an absolute figure only means something
-on the machine it was measured on.
+on the machine it was measured on. By default (--reference_columns=auto) they
+are left blank on any device other than a CPU.
+
+--embedding_share also times, for each train batch size, the same step with the
+`Embeddings` module's output replaced (through `flax.linen.intercept_methods`)
+by its precomputed [B, F] result for that batch, passed to the jitted step as an
+argument. The backward pass still computes the loss's gradient with respect to
+that output, as it must for real lookups, but reduces it to one number instead
+of scatter-adding it into the tables; the tables stay in the state and still get
+gradients (zero but for one entry) and optimizer updates. So the difference is the
+lookups' forward gathers and backward scatter-adds, and
+`embedding_share = 1 - t_without_lookups / t_full` of the median step times, the
+two steps timed alternately. Before timing, both steps must give the same loss
+on one batch with unit-scale tables (so that the lookups matter to the loss).
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import resource
+import pathlib
 import statistics
+import sys
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+# pylint: disable=wrong-import-position
+from benchmarks.common import (MOVIELENS_SCHEMA, peak_memory_bytes, random_batches,
+                               reference_config, time_runs)
 from m3oe_jax import optim, step
 from m3oe_jax.data.schema import FeatureSchema
 from m3oe_jax.models import build_model, init_params
+from m3oe_jax.models.m3oe import Embeddings
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["256", "4096", "40960"], "Batch sizes.")
 _EVAL_BATCH_SIZES = flags.DEFINE_list("eval_batch_sizes", ["4096"], "Eval batch sizes.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per measurement.")
 _EXAMPLES = flags.DEFINE_integer("examples_per_run", 200_000,
                                  "Examples per timed run (at least 3 steps).")
+_EMBEDDING_SHARE = flags.DEFINE_bool(
+    "embedding_share", False,
+    "Also time each train step without its embedding lookups and report their share.")
+_REFERENCE_COLUMNS = flags.DEFINE_enum(
+    "reference_columns", "auto", ["auto", "show", "hide"],
+    "The PyTorch reference's ex/s, ratio and target columns; 'auto' shows them on a "
+    "CPU only, the kind of device the reference was measured on.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results to this file.")
 
 REFERENCE_TRAIN = {256: 17_000, 4096: 34_500, 40960: 27_700}  # examples/s, PyTorch, 2 cores
 REFERENCE_EVAL = {4096: 99_000}
 TARGET_TRAIN = {256: 2.5, 4096: 1.3, 40960: 1.3}
 TARGET_EVAL = 1.3
-
-MOVIELENS_SCHEMA = FeatureSchema(
-    sparse_names=["user_id", "movie_id", "gender", "occupation", "zip", "genre", "domain"],
-    vocab_sizes=[6040, 3706, 2, 21, 3439, 18, 3],
-    dense_names=["age"],
-    domain_names=["0", "1", "2"],
-    task_names=["click", "like"],
-)
-
-
-def reference_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      model=dict(name="m3oe", embed_dim=16, fcn_dims=(512, 256, 256, 64),
-                 num_shared_experts=4, arch_init=1.0, gate_stop_gradient=True,
-                 embed_init_std=1e-4),
-      optimizer=dict(schedule="reference", model_lr=1e-2, arch_lr=1e-3,
-                     weight_decay=1e-5, train_loss="mdmt", arch_loss="mean",
-                     arch_every_steps=1)))
-
-
-def random_batches(schema: FeatureSchema, batch_size: int, count: int, seed: int = 0):
-  rng = np.random.default_rng(seed)
-  batches = []
-  for _ in range(count):
-    domain = rng.integers(0, schema.num_domains, batch_size).astype(np.int32)
-    sparse = np.stack([rng.integers(0, v, batch_size) for v in schema.vocab_sizes], 1)
-    if "domain" in schema.sparse_names:
-      sparse[:, schema.sparse_names.index("domain")] = domain
-    batches.append(jax.device_put({
-        "sparse": sparse.astype(np.int32),
-        "dense": rng.random((batch_size, schema.num_dense), np.float32),
-        "domain": domain,
-        "labels": rng.integers(0, 2, (batch_size, schema.num_tasks)).astype(np.float32),
-        "mask": np.ones(batch_size, np.float32),
-    }))
-  return batches
-
-
-def peak_memory_bytes() -> int:
-  """Peak device memory where the backend reports it, else the process's max RSS."""
-  stats = jax.devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    return int(stats["peak_bytes_in_use"])
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _time_runs(run_once, examples_per_run: int, repeats: int) -> list[float]:
-  rates = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    run_once()
-    rates.append(examples_per_run / (time.perf_counter() - start))
-  return rates
 
 
 def _flops(compiled) -> float | None:
@@ -102,35 +82,116 @@ def _flops(compiled) -> float | None:
   return float(analysis["flops"]) if analysis and "flops" in analysis else None
 
 
-def bench_train(config, schema, batch_size: int, repeats: int, examples: int) -> dict:
+def _lookups(model, params, batch):
+  """The `Embeddings` module's output [B, F] for `batch`."""
+  return model.apply({"params": params}, batch["sparse"], batch["dense"],
+                     method=lambda m, sparse, dense: m.embedding(sparse, dense))
+
+
+@jax.custom_vjp
+def _as_lookup(tables, embedded):
+  """`embedded`, as if looked up from `tables`."""
+  return embedded
+
+
+def _as_lookup_fwd(tables, embedded):
+  return embedded, tables
+
+
+def _as_lookup_bwd(tables, g):
+  # Using g keeps its computation (the first layers' input gradients, which real
+  # lookups need too) in the program; summing it costs far less than the
+  # scatter-adds it replaces.
+  total = jnp.sum(g)
+  return jax.tree.map(lambda t: jnp.zeros_like(t).at[0, 0].set(total), tables), None
+
+
+_as_lookup.defvjp(_as_lookup_fwd, _as_lookup_bwd)
+
+
+def _without_lookups(model_step):
+  """`model_step` as (state, batch, embedded) -> (state, metrics), in which the
+  `Embeddings` module returns `embedded` instead of looking it up."""
+
+  def step_fn(state, batch, embedded):
+
+    def interceptor(next_fun, args, kwargs, context):
+      if isinstance(context.module, Embeddings) and context.method_name == "__call__":
+        return _as_lookup(context.module.variables["params"], embedded)
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+      return model_step(state, batch)
+
+  return step_fn
+
+
+def _check_same_loss(full, without, lookups, state, batch) -> None:
+  """Asserts that both compiled steps give the same loss on `batch`, with
+  unit-scale tables so that a wrong `embedded` would show. The steps donate, so
+  each gets its own copy of the state."""
+  tables = jax.tree.map(lambda t: jax.random.normal(jax.random.key(1), t.shape, t.dtype),
+                        state.params["embedding"])
+  state = state.replace(params={**state.params, "embedding": tables})
+  embedded = lookups(state.params, batch)
+  full_loss = full(jax.tree.map(jnp.copy, state), batch)[1]["loss"]
+  without_loss = without(jax.tree.map(jnp.copy, state), batch, embedded)[1]["loss"]
+  np.testing.assert_allclose(
+      float(without_loss), float(full_loss), rtol=1e-5,
+      err_msg="the step without lookups computes a different loss than the full step")
+
+
+def bench_train(config, schema, batch_size: int, repeats: int, examples: int,
+                embedding_share: bool = False) -> dict:
   model = build_model(config.model, schema)
   params = init_params(model, schema, jax.random.key(0))
   optimizers = optim.make_optimizers(config.optimizer, params)
   state = step.create_train_state(params, optimizers)
   batches = random_batches(schema, batch_size, 4)
-  model_step = jax.jit(step.make_model_step(model, optimizers, config.optimizer.train_loss,
-                                            schema.num_domains), donate_argnums=0)
+  model_step = step.make_model_step(model, optimizers, config.optimizer.train_loss,
+                                    schema.num_domains)
   start = time.perf_counter()
-  compiled = model_step.lower(state, batches[0]).compile()
+  compiled = jax.jit(model_step, donate_argnums=0).lower(state, batches[0]).compile()
   compile_s = time.perf_counter() - start
+  loops = {"full": (compiled, [(b,) for b in batches])}
+  if embedding_share:
+    lookups = jax.jit(functools.partial(_lookups, model))
+    embedded = [lookups(params, b) for b in batches]
+    without = jax.jit(_without_lookups(model_step), donate_argnums=0).lower(
+        state, batches[0], embedded[0]).compile()
+    _check_same_loss(compiled, without, lookups, state, batches[0])
+    loops["without_lookups"] = (without, list(zip(batches, embedded)))
   steps = max(3, examples // batch_size)
   holder = {"state": state}
 
-  def run_once():
+  def run_once(compiled_step, inputs):
     s = holder["state"]
     for i in range(steps):
-      s, out = compiled(s, batches[i % len(batches)])
+      s, out = compiled_step(s, *inputs[i % len(inputs)])
     jax.block_until_ready(out["loss"])
     holder["state"] = s
 
-  run_once()  # warm-up
-  rates = _time_runs(run_once, steps * batch_size, repeats)
+  runs = {name: functools.partial(run_once, *loop) for name, loop in loops.items()}
+  rates = {name: [] for name in runs}
+  for run in runs.values():
+    run()  # warm-up
+  for _ in range(repeats):  # alternating, so that drift affects both steps alike
+    for name, run in runs.items():
+      rates[name] += time_runs(run, steps * batch_size, 1)
   flops = _flops(compiled)
-  median = statistics.median(rates)
-  return {"batch_size": batch_size, "compile_s": compile_s, "median_examples_per_s": median,
-          "min": min(rates), "max": max(rates), "peak_memory_bytes": peak_memory_bytes(),
-          "step_flops": flops,
-          "achieved_flops_per_s": flops * median / batch_size if flops else None}
+  median = statistics.median(rates["full"])
+  result = {"batch_size": batch_size, "compile_s": compile_s,
+            "median_examples_per_s": median, "min": min(rates["full"]),
+            "max": max(rates["full"]), "peak_memory_bytes": peak_memory_bytes(),
+            "step_flops": flops,
+            "achieved_flops_per_s": flops * median / batch_size if flops else None}
+  if embedding_share:
+    step_s = {name: statistics.median(batch_size / r for r in rs) for name, rs in rates.items()}
+    result.update(median_step_s=step_s["full"],
+                  without_lookups_median_step_s=step_s["without_lookups"],
+                  embedding_share=1 - step_s["without_lookups"] / step_s["full"],
+                  without_lookups_step_flops=_flops(loops["without_lookups"][0]))
+  return result
 
 
 def measure_train_throughput(config: ml_collections.ConfigDict, batch_size: int,
@@ -159,7 +220,7 @@ def bench_eval(config, schema, batch_size: int, repeats: int, examples: int) -> 
     jax.block_until_ready(probs)
 
   run_once()
-  rates = _time_runs(run_once, steps * batch_size, repeats)
+  rates = time_runs(run_once, steps * batch_size, repeats)
   return {"batch_size": batch_size, "compile_s": compile_s,
           "median_examples_per_s": statistics.median(rates), "min": min(rates),
           "max": max(rates), "peak_memory_bytes": peak_memory_bytes()}
@@ -180,29 +241,43 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 10) -> float:
 def main(argv):
   del argv
   config = reference_config()
-  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")
+  device = jax.devices()[0]
+  show_reference = _REFERENCE_COLUMNS.value == "show" or (
+      _REFERENCE_COLUMNS.value == "auto" and device.platform == "cpu")
+  share = _EMBEDDING_SHARE.value
+  print(f"jax {jax.__version__} on {device.device_kind} x{jax.device_count()}")
   peak = matmul_flops_per_s()
   print(f"2048^2 float32 matmul: {peak / 1e9:.1f} GFLOP/s")
-  results = {"matmul_flops_per_s": peak, "train": [], "eval": []}
+  results = {"device": f"{device.device_kind} x{jax.device_count()}",
+             "matmul_flops_per_s": peak, "train": [], "eval": []}
   header = (f"{'':6}{'batch':>7} {'compile s':>10} {'median ex/s':>12} {'min':>9} "
             f"{'max':>9} {'ref ex/s':>9} {'ratio':>6} {'target':>6} {'GFLOP/s':>8} "
-            f"{'peak MiB':>9}")
+            f"{'peak MiB':>9}" + (f" {'emb share':>9}" if share else ""))
   print(header)
-  runs = [("train", bench_train, _BATCH_SIZES.value, REFERENCE_TRAIN, TARGET_TRAIN),
+  runs = [("train", functools.partial(bench_train, embedding_share=share), _BATCH_SIZES.value,
+           REFERENCE_TRAIN, TARGET_TRAIN),
           ("eval", bench_eval, _EVAL_BATCH_SIZES.value, REFERENCE_EVAL,
            dict.fromkeys(REFERENCE_EVAL, TARGET_EVAL))]
   for kind, bench, sizes, references, targets in runs:
     for b in (int(x) for x in sizes):
       r = bench(config, MOVIELENS_SCHEMA, b, _REPEATS.value, _EXAMPLES.value)
-      ref = references.get(b)
+      ref = references.get(b) if show_reference else None
       r["reference_examples_per_s"] = ref
       r["ratio"] = r["median_examples_per_s"] / ref if ref else None
       results[kind].append(r)
+      if show_reference:
+        reference_cells = f"{ref or 0:>9,} {(r['ratio'] or 0):>6.2f} {targets.get(b, 0):>6.1f}"
+      else:
+        reference_cells = f"{'':>9} {'':>6} {'':>6}"
       flops = r.get("achieved_flops_per_s")
-      print(f"{kind:6}{b:>7} {r['compile_s']:>10.2f} {r['median_examples_per_s']:>12,.0f} "
-            f"{r['min']:>9,.0f} {r['max']:>9,.0f} {ref or 0:>9,} {(r['ratio'] or 0):>6.2f} "
-            f"{targets.get(b, 0):>6.1f} {f'{flops / 1e9:.1f}' if flops else '':>8} "
-            f"{r['peak_memory_bytes'] / 2**20:>9.0f}")
+      line = (f"{kind:6}{b:>7} {r['compile_s']:>10.2f} {r['median_examples_per_s']:>12,.0f} "
+              f"{r['min']:>9,.0f} {r['max']:>9,.0f} {reference_cells} "
+              f"{f'{flops / 1e9:.1f}' if flops else '':>8} "
+              f"{r['peak_memory_bytes'] / 2**20:>9.0f}")
+      if share:
+        cell = f"{r['embedding_share']:.1%}" if "embedding_share" in r else ""
+        line += f" {cell:>9}"
+      print(line)
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(results, f, indent=2)

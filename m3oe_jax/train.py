@@ -102,6 +102,14 @@ class _Logger:
   def add_loss(self, step_number: int, loss: jax.Array) -> None:
     self.pending.append((step_number, loss))
 
+  def wait_for_previous_step(self) -> None:
+    """Keeps at most two steps in flight: the device stays busy while the host
+    prepares the next batch, and the queue of dispatched steps stays short (XLA's
+    CPU collectives time out when hundreds of steps are queued on a simulated
+    mesh)."""
+    if len(self.pending) > 1:
+      self.pending[-2][1].block_until_ready()
+
   def check_finite(self) -> None:
     """Raises on the first non-finite loss since the last check."""
     values = jax.device_get([loss for _, loss in self.pending])
@@ -190,6 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           progress.epoch * steps_per_epoch + index))
       step_number = progress.epoch * steps_per_epoch + index + 1
       logger.add_loss(step_number, out["loss"])
+      logger.wait_for_previous_step()
       if schedule == "darts" and step_number % config.optimizer.arch_every_steps == 0:
         state, _ = trainer.arch_step(state, trainer.arch_batch(progress.arch_steps))
         progress.arch_steps += 1

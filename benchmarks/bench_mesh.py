@@ -1,0 +1,191 @@
+"""Training examples/s against device count, on a mesh of simulated CPU devices.
+
+  python benchmarks/bench_mesh.py [--device_counts=1,2,4,8] [--batch_size=4096]
+                                  [--repeats=5] [--json=FILE]
+
+For each device count N, and each mesh layout that fits N, one subprocess runs
+on N simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N,
+JAX_PLATFORMS=cpu) and times the real `Trainer.model_step` on random batches of
+--batch_size, placed on the mesh before timing, the state donated from step to
+step, and at most two steps in flight (more can deadlock simulated devices).
+The config is `config_utils.add_paper_training`'s with the model and optimizer
+sections of `common.reference_config()` (the model bench_train.py measures) on
+top, so fields those don't set, such as the tables' row padding
+(model.embed_rows_multiple), keep the experiment configs' values.
+Layouts:
+
+  dp       mesh data=N, model=1: pure data parallelism, every table replicated.
+  dp+rows  mesh data=N/2, model=2 (even N only): embedding tables row-sharded
+           over the 'model' axis (a table whose padded row count is odd stays
+           replicated).
+
+Reports per run: compile seconds, median examples/s over --repeats timed runs
+after a warm-up run (with min and max), the ratio to dp on 1 device, and how
+many embedding tables the layout actually shards.
+
+Simulated devices all run on the same CPU cores, so more devices cannot make a
+step faster: on a small machine this measures the overhead of sharding (the
+partitioned program and its collectives), not a speed-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+# pylint: disable=wrong-import-position
+from benchmarks import common
+from m3oe_jax import config_utils, sharding
+from m3oe_jax.data import pipeline
+from m3oe_jax.trainer import Trainer
+
+_DEVICE_COUNTS = flags.DEFINE_list("device_counts", ["1", "2", "4", "8"],
+                                   "Numbers of simulated devices.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 4096, "Global batch size.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per measurement.")
+_EXAMPLES = flags.DEFINE_integer("examples_per_run", 100_000,
+                                 "Examples per timed run (at least 3 steps).")
+_JSON = flags.DEFINE_string("json", None, "Also write the results to this file.")
+_WORKER = flags.DEFINE_string(
+    "worker", None, "Internal: measure this layout on --device_counts=N devices (which "
+    "must already exist) and print the result as one JSON line.")
+
+# name -> device count -> (mesh.data, mesh.model, mesh.embedding_axis), or None
+# where the layout does not fit the device count.
+LAYOUTS = {
+    "dp": lambda n: (n, 1, ""),
+    "dp+rows": lambda n: (n // 2, 2, "model") if n % 2 == 0 else None,
+}
+
+
+def measure(layout: str, device_count: int, batch_size: int, repeats: int,
+            examples: int) -> dict:
+  """One worker's measurement, in a process started with the simulated devices."""
+  if jax.device_count() != device_count:
+    raise RuntimeError(f"expected {device_count} devices, found {jax.device_count()} "
+                       f"({jax.devices()}); XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}")
+  data, model, embedding_axis = LAYOUTS[layout](device_count)
+  config = config_utils.add_paper_training(ml_collections.ConfigDict())
+  reference = common.reference_config()
+  config.model.update(reference.model)
+  config.optimizer.update(reference.optimizer)
+  config.seed = 0
+  config.batch_size = config.eval_batch_size = batch_size
+  config.mesh.data, config.mesh.model = data, model
+  config.mesh.embedding_axis = embedding_axis
+
+  schema = common.MOVIELENS_SCHEMA
+  rng = np.random.default_rng(0)
+  rows = {"train": 4 * batch_size, "validation": batch_size, "test": batch_size}
+  dataset = pipeline.Dataset(schema, {
+      split: pipeline.ArraySource(common.random_rows(schema, n, rng))
+      for split, n in rows.items()})
+  trainer = Trainer(config, dataset, sharding.make_mesh(config.mesh))
+  tables = jax.tree.leaves(trainer.params_sharding["embedding"])
+  state = trainer.initial_state(config.seed)
+  batches = [trainer.train_batch(position) for position in range(4)]
+  start = time.perf_counter()
+  compiled = trainer.model_step.lower(state, batches[0]).compile()
+  compile_s = time.perf_counter() - start
+  steps = max(3, examples // batch_size)
+  holder = {"state": state}
+
+  def run_once():
+    # With many steps queued, simulated CPU devices can deadlock in a collective
+    # (seen with jaxlib 0.10.2): after queueing step i, wait for step i - 1.
+    s, previous = holder["state"], None
+    for i in range(steps):
+      s, out = compiled(s, batches[i % len(batches)])
+      if previous is not None:
+        previous.block_until_ready()
+      previous = out["loss"]
+    jax.block_until_ready(out["loss"])
+    holder["state"] = s
+
+  run_once()  # warm-up
+  rates = common.time_runs(run_once, steps * batch_size, repeats)
+  return {"device_count": device_count, "layout": layout,
+          "mesh": {"data": data, "model": model, "embedding_axis": embedding_axis},
+          "batch_size": batch_size, "steps_per_run": steps, "compile_s": compile_s,
+          "median_examples_per_s": statistics.median(rates), "min": min(rates),
+          "max": max(rates),
+          "sharded_tables": sum(not s.is_fully_replicated for s in tables),
+          "tables": len(tables)}
+
+
+def spawn(layout: str, device_count: int) -> dict:
+  """Runs `measure` in a subprocess with `device_count` simulated CPU devices."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = " ".join(filter(None, [
+      env.get("XLA_FLAGS"), f"--xla_force_host_platform_device_count={device_count}"]))
+  command = [sys.executable, str(pathlib.Path(__file__).resolve()), f"--worker={layout}",
+             f"--device_counts={device_count}", f"--batch_size={_BATCH_SIZE.value}",
+             f"--repeats={_REPEATS.value}", f"--examples_per_run={_EXAMPLES.value}"]
+  done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+  lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+  if done.returncode or not lines:
+    stderr = done.stderr.strip().splitlines() or ["(no output)"]
+    fatal = [line for line in stderr if re.match(r"F\d{4} ", line)]  # XLA's fatal logs
+    return {"device_count": device_count, "layout": layout,
+            "error": f"exit status {done.returncode}: {(fatal or stderr[-1:])[0]}"}
+  return json.loads(lines[-1])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  counts = sorted({int(c) for c in _DEVICE_COUNTS.value})
+  if _WORKER.value:
+    if len(counts) != 1:
+      raise app.UsageError("--worker takes a single --device_counts value")
+    print(json.dumps(measure(_WORKER.value, counts[0], _BATCH_SIZE.value, _REPEATS.value,
+                             _EXAMPLES.value)))
+    return
+  print(f"note: the simulated devices all share this machine's {os.cpu_count()} CPU "
+        "cores, so this measures sharding overhead, not speed-up.")
+  print(f"global batch {_BATCH_SIZE.value}, median of {_REPEATS.value} timed runs")
+  print(f"{'devices':>7} {'layout':>8} {'mesh':>10} {'compile s':>10} {'median ex/s':>12} "
+        f"{'min':>9} {'max':>9} {'vs 1':>6} {'sharded tables':>15}")
+  results, baseline = [], None
+  for n in counts:
+    for layout, shape in LAYOUTS.items():
+      if shape(n) is None:
+        continue
+      r = spawn(layout, n)
+      results.append(r)
+      if "error" in r:
+        print(f"{n:>7} {layout:>8} failed: {r['error']}")
+        continue
+      if (n, layout) == (1, "dp"):
+        baseline = r["median_examples_per_s"]
+      r["ratio_to_1_device"] = r["median_examples_per_s"] / baseline if baseline else None
+      mesh = f"{r['mesh']['data']}x{r['mesh']['model']}"
+      ratio = f"{r['ratio_to_1_device']:.2f}" if baseline else ""
+      tables = f"{r['sharded_tables']}/{r['tables']}"
+      print(f"{n:>7} {layout:>8} {mesh:>10} {r['compile_s']:>10.2f} "
+            f"{r['median_examples_per_s']:>12,.0f} {r['min']:>9,.0f} {r['max']:>9,.0f} "
+            f"{ratio:>6} {tables:>15}")
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump({"batch_size": _BATCH_SIZE.value, "repeats": _REPEATS.value,
+                 "cpu_count": os.cpu_count(), "runs": results}, f, indent=2)
+  failed = [r for r in results if "error" in r]
+  if failed:
+    sys.exit(f"{len(failed)} of {len(results)} runs failed")
+
+
+if __name__ == "__main__":
+  app.run(main)

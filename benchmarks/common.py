@@ -1,0 +1,75 @@
+"""The reference model, data and timing helpers the benchmarks share.
+
+No flags are defined here, so every benchmark script can import this module and
+still define its own flags.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from m3oe_jax.data.schema import FeatureSchema
+
+MOVIELENS_SCHEMA = FeatureSchema(
+    sparse_names=["user_id", "movie_id", "gender", "occupation", "zip", "genre", "domain"],
+    vocab_sizes=[6040, 3706, 2, 21, 3439, 18, 3],
+    dense_names=["age"],
+    domain_names=["0", "1", "2"],
+    task_names=["click", "like"],
+)
+
+
+def reference_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      model=dict(name="m3oe", embed_dim=16, fcn_dims=(512, 256, 256, 64),
+                 num_shared_experts=4, arch_init=1.0, gate_stop_gradient=True,
+                 embed_init_std=1e-4),
+      optimizer=dict(schedule="reference", model_lr=1e-2, arch_lr=1e-3,
+                     weight_decay=1e-5, train_loss="mdmt", arch_loss="mean",
+                     arch_every_steps=1)))
+
+
+def random_rows(schema: FeatureSchema, num_rows: int,
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """Uniform random rows of `schema` (ids within each vocabulary), as host arrays."""
+  domain = rng.integers(0, schema.num_domains, num_rows).astype(np.int32)
+  sparse = np.stack([rng.integers(0, v, num_rows) for v in schema.vocab_sizes], 1)
+  if "domain" in schema.sparse_names:
+    sparse[:, schema.sparse_names.index("domain")] = domain
+  return {
+      "sparse": sparse.astype(np.int32),
+      "dense": rng.random((num_rows, schema.num_dense), np.float32),
+      "domain": domain,
+      "labels": rng.integers(0, 2, (num_rows, schema.num_tasks)).astype(np.float32),
+  }
+
+
+def random_batches(schema: FeatureSchema, batch_size: int, count: int, seed: int = 0):
+  """`count` random batches on the default device."""
+  rng = np.random.default_rng(seed)
+  return [jax.device_put({**random_rows(schema, batch_size, rng),
+                          "mask": np.ones(batch_size, np.float32)})
+          for _ in range(count)]
+
+
+def peak_memory_bytes() -> int:
+  """Peak device memory where the backend reports it, else the process's max RSS."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"])
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def time_runs(run_once, examples_per_run: int, repeats: int) -> list[float]:
+  """Examples/s of each of `repeats` calls of `run_once`."""
+  rates = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run_once()
+    rates.append(examples_per_run / (time.perf_counter() - start))
+  return rates
