@@ -14,10 +14,12 @@ top, so fields those don't set, such as the tables' row padding
 (model.embed_rows_multiple), keep the experiment configs' values.
 Layouts:
 
-  dp       mesh data=N, model=1: pure data parallelism, every table replicated.
-  dp+rows  mesh data=N/2, model=2 (even N only): embedding tables row-sharded
-           over the 'model' axis (a table whose padded row count is odd stays
-           replicated).
+  dp          mesh data=N, model=1: pure data parallelism, every table replicated.
+  rows@model  mesh data=N/2, model=2 (even N only): embedding tables row-sharded
+              over the 'model' axis; the dense layers run on each data shard
+              on both devices of its model axis.
+  rows@data   mesh data=N, model=1 (N > 1): embedding tables row-sharded over
+              the 'data' axis, the dense layers data-parallel on all N.
 
 Reports per run: compile seconds, median examples/s over --repeats timed runs
 after a warm-up run (with min and max), the ratio to dp on 1 device, and how
@@ -67,7 +69,8 @@ _WORKER = flags.DEFINE_string(
 # where the layout does not fit the device count.
 LAYOUTS = {
     "dp": lambda n: (n, 1, ""),
-    "dp+rows": lambda n: (n // 2, 2, "model") if n % 2 == 0 else None,
+    "rows@model": lambda n: (n // 2, 2, "model") if n % 2 == 0 else None,
+    "rows@data": lambda n: (n, 1, "data") if n > 1 else None,
 }
 
 
@@ -157,7 +160,7 @@ def main(argv):
   print(f"note: the simulated devices all share this machine's {os.cpu_count()} CPU "
         "cores, so this measures sharding overhead, not speed-up.")
   print(f"global batch {_BATCH_SIZE.value}, median of {_REPEATS.value} timed runs")
-  print(f"{'devices':>7} {'layout':>8} {'mesh':>10} {'compile s':>10} {'median ex/s':>12} "
+  print(f"{'devices':>7} {'layout':>10} {'mesh':>10} {'compile s':>10} {'median ex/s':>12} "
         f"{'min':>9} {'max':>9} {'vs 1':>6} {'sharded tables':>15}")
   results, baseline = [], None
   for n in counts:
@@ -167,7 +170,7 @@ def main(argv):
       r = spawn(layout, n)
       results.append(r)
       if "error" in r:
-        print(f"{n:>7} {layout:>8} failed: {r['error']}")
+        print(f"{n:>7} {layout:>10} failed: {r['error']}")
         continue
       if (n, layout) == (1, "dp"):
         baseline = r["median_examples_per_s"]
@@ -175,7 +178,7 @@ def main(argv):
       mesh = f"{r['mesh']['data']}x{r['mesh']['model']}"
       ratio = f"{r['ratio_to_1_device']:.2f}" if baseline else ""
       tables = f"{r['sharded_tables']}/{r['tables']}"
-      print(f"{n:>7} {layout:>8} {mesh:>10} {r['compile_s']:>10.2f} "
+      print(f"{n:>7} {layout:>10} {mesh:>10} {r['compile_s']:>10.2f} "
             f"{r['median_examples_per_s']:>12,.0f} {r['min']:>9,.0f} {r['max']:>9,.0f} "
             f"{ratio:>6} {tables:>15}")
   if _JSON.value:
