@@ -37,7 +37,23 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
     raise ValueError(f"config.mesh.embedding_axis={config.embedding_axis!r}; "
                      f"expected '' or one of {AXES}")
   mesh_devices = np.asarray(devices).reshape(data, model)
+  _check_processes(mesh_devices)
   return Mesh(mesh_devices, AXES, axis_types=(AxisType.Auto,) * len(AXES))
+
+
+def _check_processes(mesh_devices: np.ndarray) -> None:
+  """Each process feeds its own rows of every batch (pipeline's process slices), so
+  it must own whole rows of the mesh, in process order: a model-axis group across
+  processes would take their different rows for one replicated batch."""
+  owners = np.vectorize(lambda d: d.process_index)(mesh_devices)       # [data, model]
+  if np.all(owners == owners.flat[0]):
+    return
+  if np.any(owners != owners[:, :1]) or np.any(np.diff(owners[:, 0]) < 0):
+    local = int(np.sum(owners == owners.flat[0]))
+    raise ValueError(
+        f"config.mesh.model={mesh_devices.shape[1]} spans devices of several processes; "
+        f"with {jax.process_count()} processes of {local} devices each, config.mesh.model "
+        f"must divide {local} so that every process holds whole rows of the data axis")
 
 
 def check_table_rows(rows_multiple: int, mesh: Mesh, embedding_axis: str) -> None:

@@ -1,5 +1,8 @@
 """Small shared builders for the tests."""
 
+import os
+import socket
+
 import jax
 import ml_collections
 import numpy as np
@@ -31,3 +34,17 @@ def batch_of(dataset, n=64, split="train"):
   batch = dataset.splits[split].take(np.arange(n))
   batch["mask"] = np.ones(n, np.float32)
   return batch
+
+
+def cpu_env(devices: int) -> dict:
+  """The environment of a subprocess with `devices` simulated CPU devices."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  flags = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count", "")
+  env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+  return env
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]

@@ -25,9 +25,7 @@ averaged over the wrong number of rows is off in its first digits.
 """
 
 import json
-import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -38,17 +36,11 @@ import pytest
 
 from m3oe_jax import checkpoint
 from tests import event_files
+from tests.helpers import cpu_env, free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
 EPOCH_STEPS = 25  # ceil(3200 training rows / batch 128) in configs/synthetic.py:tiny
-
-
-def _env(devices: int) -> dict:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  flags = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count", "")
-  env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
-  return env
 
 
 def _train(workdir, epochs, *flags):
@@ -63,21 +55,15 @@ def _mesh(data, model, axis=""):
           f"--config.mesh.embedding_axis={axis}"]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def _processes(command, count):
   """`count` copies of `command`, joined by jax.distributed over loopback."""
-  address = f"localhost:{_free_port()}"
+  address = f"localhost:{free_port()}"
   return [command + ["--distributed", f"--coordinator_address={address}",
                      f"--num_processes={count}", f"--process_id={i}"] for i in range(count)]
 
 
 def _start(command, devices=1):
-  return subprocess.Popen(command, cwd=REPO, env=_env(devices), stdout=subprocess.PIPE,
+  return subprocess.Popen(command, cwd=REPO, env=cpu_env(devices), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 
 
@@ -235,7 +221,7 @@ print(json.dumps(report))
 
 
 def test_a_table_row_sharded_n_ways_holds_a_nth_of_its_bytes_per_device():
-  out = subprocess.run([sys.executable, "-c", _SHARD_BYTES], cwd=REPO, env=_env(8),
+  out = subprocess.run([sys.executable, "-c", _SHARD_BYTES], cwd=REPO, env=cpu_env(8),
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.loads(out.stdout.strip().splitlines()[-1])

@@ -4,12 +4,13 @@ Runs on 8 simulated devices in a subprocess (they must exist before jax starts).
 """
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
+
+from tests.helpers import cpu_env, free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -55,8 +56,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def outcome():
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env = cpu_env(8)
   cases = {name: overrides for name, (overrides, _) in CASES.items()}
   cases["valid_4x2"] = {"mesh.model": 2, "mesh.embedding_axis": "model"}
   # A memory budget compiles the step to measure it: shows the compile counter counts.
@@ -77,3 +77,34 @@ def test_bad_mesh_or_shape_is_refused_before_compiling(outcome, name):
 def test_a_valid_mesh_builds_its_steps_without_error(outcome):
   assert outcome["valid_4x2"]["error"] is None
   assert outcome["valid_with_budget"] == {"error": None, "compiled": 1}
+
+
+_TRY_PROCESS_MESHES = """
+import json, sys, jax, ml_collections
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from m3oe_jax import sharding
+outcome = {}
+for data, model in ((1, 4), (2, 2), (4, 1)):
+  try:
+    sharding.make_mesh(ml_collections.ConfigDict(dict(data=data, model=model,
+                                                      embedding_axis="")))
+    outcome[f"{data}x{model}"] = None
+  except ValueError as e:
+    outcome[f"{data}x{model}"] = str(e)
+print(json.dumps(outcome))
+"""
+
+
+def test_a_model_axis_across_processes_is_refused():
+  """Two processes of 2 devices: a model axis of 4 would join both processes' rows
+  into one replicated batch; 2x2 and 4x1 keep each process's rows its own."""
+  address = f"localhost:{free_port()}"
+  procs = [subprocess.Popen([sys.executable, "-c", _TRY_PROCESS_MESHES, address, str(i)],
+                            cwd=REPO, env=cpu_env(2), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for proc in procs:
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    outcome = json.loads(stdout.strip().splitlines()[-1])
+    assert "config.mesh.model=4 spans devices of several processes" in outcome["1x4"]
+    assert outcome["2x2"] is None and outcome["4x1"] is None
