@@ -61,6 +61,7 @@ class Trainer:
              for k, v in self.dataset.splits["train"].take(np.arange(1)).items()}
     batch["mask"] = jax.ShapeDtypeStruct((self.config.batch_size,), np.float32)
     compiled = self.model_step.lower(self.state_shape, batch).compile()
+    self.model_step = compiled  # every train batch has this shape: no second compile
     needed = sharding.compiled_bytes_per_device(compiled) or state_bytes
     logging.info("train step: %.1f MiB per device (budget %.1f MiB)", needed / 2**20,
                  budget / 2**20)
