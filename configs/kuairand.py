@@ -24,7 +24,9 @@ What the paper leaves open, and what this config chooses:
     duration bucket), the hour of the interaction and the domain.
   * the optimiser schedule: `reference` (as in the authors' code).
 
-Variants (`--config=configs/kuairand.py:VARIANT`):
+Variants (`--config=configs/kuairand.py:VARIANT`, optionally `,model=NAME` to train
+another registered model with the baselines' training setup, e.g.
+`configs/kuairand.py:tiny_offline,model=mmoe`):
   default        the paper's setup on KuaiRand-Pure (needs the Pure archive, or
                  network access to download it).
   random_split   the same with a seeded random 8:1:1 split.
@@ -39,7 +41,7 @@ import pathlib
 
 import ml_collections
 
-from m3oe_jax.config_utils import add_paper_training, shrink_to_tiny, with_tuples
+from m3oe_jax.config_utils import add_paper_training, parse_arg, shrink_to_tiny, with_tuples
 
 TESTDATA = pathlib.Path(__file__).resolve().parents[1] / "m3oe_jax" / "data" / "testdata"
 TINY_ARCHIVE = TESTDATA / "KuaiRand-Pure-tiny.tar.gz"
@@ -55,10 +57,11 @@ VIDEO_SPARSE = ["author_id", "video_type", "upload_type", "visible_status", "mus
 VARIANTS = ("default", "random_split", "1k", "27k", "tiny_offline")
 
 
-def get_config(variant: str = "default") -> ml_collections.ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/kuairand.py: unknown variant {variant!r}; expected one "
-                     f"of {VARIANTS}")
+def get_config(arg: str = "default") -> ml_collections.ConfigDict:
+  words, options = parse_arg(arg, VARIANTS, ("model",), "configs/kuairand.py")
+  if len(words) > 1:
+    raise ValueError(f"configs/kuairand.py: pick one of {VARIANTS}, got {sorted(words)}")
+  variant = words.pop() if words else "default"
   config = ml_collections.ConfigDict()
   config.seed = 0
 
@@ -92,7 +95,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   config.data.chunk_rows = 1 << 20  # preparation block (memory, not output)
   config.data.scratch_dir = ""  # preparation spill files ("" : inside data_dir)
 
-  add_paper_training(config)
+  add_paper_training(config, options.get("model", "m3oe"))
 
   if variant == "random_split":
     config.data.split = "random"

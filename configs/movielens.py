@@ -17,7 +17,9 @@ What the paper leaves open, and what this config chooses:
     split. Any reported figure names the split it used.
   * the optimiser schedule: `reference` (as in the authors' code).
 
-Variants (`--config=configs/movielens.py:VARIANT`):
+Variants (`--config=configs/movielens.py:VARIANT`, optionally `,model=NAME` to train
+another registered model with the baselines' training setup, e.g.
+`configs/movielens.py:tiny_offline,model=mmoe`):
   default          the paper's setup (needs ml-1m.zip, or network access).
   reference_split  the authors' file-order 80/10/10 slicing.
   random_split     a seeded random 8:1:1 split.
@@ -31,7 +33,7 @@ import pathlib
 
 import ml_collections
 
-from m3oe_jax.config_utils import add_paper_training, shrink_to_tiny, with_tuples
+from m3oe_jax.config_utils import add_paper_training, parse_arg, shrink_to_tiny, with_tuples
 
 TESTDATA = pathlib.Path(__file__).resolve().parents[1] / "m3oe_jax" / "data" / "testdata"
 TINY_ARCHIVE = TESTDATA / "ml-1m-tiny.zip"
@@ -41,10 +43,11 @@ TINY_ARCHIVE_SHA256 = (
 VARIANTS = ("default", "reference_split", "random_split", "tiny_offline")
 
 
-def get_config(variant: str = "default") -> ml_collections.ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/movielens.py: unknown variant {variant!r}; expected one "
-                     f"of {VARIANTS}")
+def get_config(arg: str = "default") -> ml_collections.ConfigDict:
+  words, options = parse_arg(arg, VARIANTS, ("model",), "configs/movielens.py")
+  if len(words) > 1:
+    raise ValueError(f"configs/movielens.py: pick one of {VARIANTS}, got {sorted(words)}")
+  variant = words.pop() if words else "default"
   config = ml_collections.ConfigDict()
   config.seed = 0
 
@@ -75,7 +78,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   config.data.chunk_rows = 1 << 20
   config.data.scratch_dir = ""
 
-  add_paper_training(config)
+  add_paper_training(config, options.get("model", "m3oe"))
   config.log_every_steps = 5
   config.checkpoint_every_steps = 100
 

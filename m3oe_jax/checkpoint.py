@@ -54,10 +54,15 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: dict, current: dict) -> list[str]:
   """Fields that differ between two configs and may not change on resumption."""
   a, b = _flatten(saved), _flatten(current)
+  model_names = {saved.get("model", {}).get("name"), current.get("model", {}).get("name")}
   diffs = []
   for key in sorted(set(a) | set(b)):
     if a.get(key, "<absent>") == b.get(key, "<absent>"):
       continue
+    section = key.split(".")
+    if (len(section) > 2 and section[0] == "model" and section[1] not in model_names
+        and isinstance(current.get("model", {}).get(section[1]), dict)):
+      continue  # the options of a model this run does not use
     if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_CHANGES):
       continue
     if key.startswith("data.") and key.endswith(("_dir", "_path")):
@@ -146,10 +151,11 @@ class CheckpointStore:
 
 
 def load_params(workdir: str | epath.PathLike, which: str = "best", step: int | None = None):
-  """Parameters, schema and config of a run, on one device, without its mesh.
+  """Variables (`params`, `batch_stats`), schema and config of a run, on one
+  device, without its mesh.
 
-  For notebooks: `params, schema, config = load_params(workdir)` then
-  `build_model(config.model, schema).apply({'params': params}, batch)`. Any
+  For notebooks: `variables, schema, config = load_params(workdir)` then
+  `build_model(config.model, schema).apply(variables, batch)`. Any
   mesh, device count or process count may have written the checkpoint. `step`
   picks one of the kept `which` checkpoints (default: the newest).
   """
@@ -168,4 +174,6 @@ def load_params(workdir: str | epath.PathLike, which: str = "best", step: int | 
       state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
   meta = restored["meta"]
   config = ml_collections.ConfigDict(meta["config"])
-  return restored["state"]["params"], FeatureSchema.from_dict(meta["schema"]), config
+  state = restored["state"]
+  variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+  return variables, FeatureSchema.from_dict(meta["schema"]), config

@@ -43,7 +43,7 @@ def evaluate_checkpoint(workdir: str, split: str = "test", which: str = "best",
   meta = store.read_meta(which)
   config = ml_collections.ConfigDict(meta["config"])
   config.mesh.update({"data": -1, "model": 1, "embedding_axis": "", **(mesh or {})})
-  dataset = load_dataset(config.data)
+  dataset = load_dataset(config.data, config.get("variant"))
   saved = FeatureSchema.from_dict(meta["schema"]).model_signature()
   if saved != dataset.schema.model_signature():
     raise ValueError(f"the data prepared from the checkpoint's config no longer matches "
@@ -53,7 +53,7 @@ def evaluate_checkpoint(workdir: str, split: str = "test", which: str = "best",
     raise ValueError(f"--split={split!r}: the data has splits {sorted(dataset.splits)}")
   trainer = Trainer(config, dataset, sharding.make_mesh(config.mesh))
   state, _, _ = store.restore(which, trainer.abstract_state())
-  result, _ = trainer.evaluate(state.params, split)
+  result, _ = trainer.evaluate(state.variables(), split)
   return result
 
 

@@ -7,17 +7,24 @@ import jax.numpy as jnp
 import optax
 
 
+def group_bce(logits: jax.Array, labels: jax.Array, domain: jax.Array,
+              mask: jax.Array, num_domains: int) -> jax.Array:
+  """[D, T]: the mean BCE of each domain's (unmasked) examples, per task; 0 for a
+  domain with no example in the batch."""
+  bce = optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))  # [B, T]
+  members = jax.nn.one_hot(domain, num_domains, dtype=logits.dtype) * mask[:, None]
+  sums = members.T @ bce                                                          # [D, T]
+  counts = jnp.sum(members, axis=0)[:, None]                                      # [D, 1]
+  return jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), 0.0)
+
+
 def mdmt_loss(logits: jax.Array, labels: jax.Array, domain: jax.Array,
               mask: jax.Array, num_domains: int) -> jax.Array:
   """Sum over (domain, task) of the mean BCE of that domain's examples.
 
   A domain with no (unmasked) example in the batch contributes exactly 0.
   """
-  bce = optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))  # [B, T]
-  members = jax.nn.one_hot(domain, num_domains, dtype=logits.dtype) * mask[:, None]
-  sums = members.T @ bce                                                          # [D, T]
-  counts = jnp.sum(members, axis=0)[:, None]                                      # [D, 1]
-  return jnp.sum(jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), 0.0))
+  return jnp.sum(group_bce(logits, labels, domain, mask, num_domains))
 
 
 def mean_loss(logits: jax.Array, labels: jax.Array, domain: jax.Array,
@@ -30,6 +37,18 @@ def mean_loss(logits: jax.Array, labels: jax.Array, domain: jax.Array,
 
 
 LOSSES = {"mdmt": mdmt_loss, "mean": mean_loss}
+# 'reference': what the authors' M3oE trainer does, the grouped loss for exactly
+# 3 domains and 2 tasks and the plain mean BCE for any other shape.
+CHOICES = tuple(LOSSES) + ("reference",)
+
+
+def resolve(name: str, num_domains: int, num_tasks: int, field: str = "loss") -> str:
+  """The loss a config's `name` means for data of this shape ('mdmt' or 'mean')."""
+  if name == "reference":
+    return "mdmt" if (num_domains, num_tasks) == (3, 2) else "mean"
+  if name not in LOSSES:
+    raise ValueError(f"config.optimizer.{field}={name!r}; expected one of {CHOICES}")
+  return name
 
 
 def get_loss(name: str):

@@ -14,6 +14,13 @@ Schedules (config.optimizer.schedule):
              takes one step on a training batch.
   darts      first-order DARTS: model_tx freezes `arch`; every
              `arch_every_steps` steps arch_tx takes one step on a validation batch.
+  none       one optimizer over every weight and no architecture step: the
+             baselines' setup, and the schedule of any model without `arch`
+             weights whatever the config says.
+
+The model learning rate may decay in steps, as torch's StepLR once per epoch:
+lr = model_lr * lr_decay_factor ** floor(epoch / lr_decay_every_epochs)
+(`lr_decay_every_epochs = 0`: constant).
 
 A group frozen by a transform gets `optax.set_to_zero()` (no state, no update),
 and `apply_updates` leaves its parameters untouched bit for bit.
@@ -27,12 +34,12 @@ import jax
 import ml_collections
 import optax
 
-from m3oe_jax.models import ARCH_GROUP, MODEL_GROUP, param_groups
+from m3oe_jax.models import ARCH_GROUP, MODEL_GROUP, has_arch_weights, param_groups
 
-SCHEDULES = ("reference", "paper", "darts")
+SCHEDULES = ("reference", "paper", "darts", "none")
 
 
-def adam_with_l2(learning_rate: float, weight_decay: float) -> optax.GradientTransformation:
+def adam_with_l2(learning_rate, weight_decay: float) -> optax.GradientTransformation:
   """torch.optim.Adam(weight_decay=wd): wd * param is added to the gradient."""
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
@@ -47,23 +54,45 @@ class Optimizers:
   arch_tx: optax.GradientTransformation
   labels: object
   model_tx_trains: frozenset  # groups model_tx updates
+  schedule: str  # the effective bilevel schedule
   arch_tx_trains: frozenset = frozenset({ARCH_GROUP})
 
 
-def make_optimizers(config: ml_collections.ConfigDict, params) -> Optimizers:
+def effective_schedule(config: ml_collections.ConfigDict, params) -> str:
+  """The configured schedule, or 'none' for a model without architecture weights."""
   if config.schedule not in SCHEDULES:
     raise ValueError(f"config.optimizer.schedule={config.schedule!r}; "
                      f"expected one of {SCHEDULES}")
+  return config.schedule if has_arch_weights(params) else "none"
+
+
+def model_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """The model learning rate: a float, or StepLR's staircase as an optax schedule."""
+  every = int(config.get("lr_decay_every_epochs", 0))
+  if every < 0 or not 0 < config.get("lr_decay_factor", 1.0) <= 1:
+    raise ValueError("config.optimizer.lr_decay_every_epochs must be >= 0 and "
+                     "config.optimizer.lr_decay_factor in (0, 1], got "
+                     f"{every} and {config.get('lr_decay_factor')}")
+  if every == 0:
+    return config.model_lr
+  return optax.exponential_decay(config.model_lr, transition_steps=every * steps_per_epoch,
+                                 decay_rate=config.lr_decay_factor, staircase=True)
+
+
+def make_optimizers(config: ml_collections.ConfigDict, params,
+                    steps_per_epoch: int = 1) -> Optimizers:
+  schedule = effective_schedule(config, params)
   for name in ("model_lr", "arch_lr"):
     if not config[name] > 0:
       raise ValueError(f"config.optimizer.{name} must be > 0, got {config[name]}")
   if config.weight_decay < 0:
     raise ValueError(f"config.optimizer.weight_decay must be >= 0, got {config.weight_decay}")
   labels = param_groups(params)
-  model_adam = adam_with_l2(config.model_lr, config.weight_decay)
-  if config.schedule == "reference":
+  model_lr = model_learning_rate(config, steps_per_epoch)
+  model_adam = adam_with_l2(model_lr, config.weight_decay)
+  if schedule in ("reference", "none"):
     trains = frozenset({MODEL_GROUP, ARCH_GROUP})
-    arch_in_main = adam_with_l2(config.model_lr, config.weight_decay)
+    arch_in_main = adam_with_l2(model_lr, config.weight_decay)
   else:
     trains = frozenset({MODEL_GROUP})
     arch_in_main = optax.set_to_zero()
@@ -72,7 +101,7 @@ def make_optimizers(config: ml_collections.ConfigDict, params) -> Optimizers:
       {MODEL_GROUP: optax.set_to_zero(),
        ARCH_GROUP: adam_with_l2(config.arch_lr, config.weight_decay)}, labels)
   return Optimizers(model_tx=model_tx, arch_tx=arch_tx, labels=labels,
-                    model_tx_trains=trains)
+                    model_tx_trains=trains, schedule=schedule)
 
 
 def apply_updates(params, updates, labels, trains: frozenset):

@@ -81,17 +81,41 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def state_shardings(abstract_state, mesh: Mesh, embedding_axis: str):
-  """A sharding for every leaf of a train state (or any tree holding params)."""
+def _is_table(path, leaf, table_scopes) -> bool:
+  names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+  return any(scope in names for scope in table_scopes) and getattr(leaf, "ndim", 0) == 2
+
+
+def state_shardings(abstract_state, mesh: Mesh, embedding_axis: str,
+                    table_scopes: tuple[str, ...] = ("embedding",)):
+  """A sharding for every leaf of a train state (or any tree holding params):
+  the [rows, width] leaves under a scope named in `table_scopes` (the model's
+  embedding tables and their optimizer moments) row-sharded over
+  `embedding_axis`, everything else replicated."""
 
   def for_leaf(path, leaf):
-    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-    is_table = "embedding" in names and getattr(leaf, "ndim", 0) == 2
-    if embedding_axis and is_table:
+    if embedding_axis and _is_table(path, leaf, table_scopes):
       return NamedSharding(mesh, P(embedding_axis, None))
     return replicated(mesh)
 
   return jax.tree_util.tree_map_with_path(for_leaf, abstract_state)
+
+
+def check_tables_found(abstract_params, embedding_axis: str, table_scopes: tuple[str, ...],
+                       model_name: str) -> None:
+  """Refuses a table axis that would shard nothing (the model names its tables
+  differently, or has none) instead of silently replicating every table."""
+  if not embedding_axis:
+    return
+  found = []
+  jax.tree_util.tree_map_with_path(
+      lambda path, leaf: found.append(path) if _is_table(path, leaf, table_scopes) else None,
+      abstract_params)
+  if not found:
+    raise ValueError(
+        f"config.mesh.embedding_axis={embedding_axis!r} row-shards embedding tables, but "
+        f"model {model_name!r} has no [rows, width] parameter under {table_scopes}; set "
+        "config.mesh.embedding_axis='' or declare the model's tables in its TABLE_SCOPES")
 
 
 def bytes_per_device(abstract_tree, shardings) -> int:

@@ -17,17 +17,29 @@ from m3oe_jax.optim import Optimizers, apply_updates
 class TrainState:
   step: jax.Array
   params: Any
+  batch_stats: Any  # BatchNorm running statistics ({} for models without BatchNorm)
   model_opt_state: optax.OptState
   arch_opt_state: optax.OptState
 
+  def variables(self) -> dict:
+    return {"params": self.params, "batch_stats": self.batch_stats}
 
-def create_train_state(params, optimizers: Optimizers) -> TrainState:
+
+def create_train_state(variables: dict, optimizers: Optimizers) -> TrainState:
+  params = variables["params"]
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
+      batch_stats=variables.get("batch_stats", {}),
       model_opt_state=optimizers.model_tx.init(params),
       arch_opt_state=optimizers.arch_tx.init(params),
   )
+
+
+def train_forward(model, variables: dict, batch) -> tuple[jax.Array, Any]:
+  """Train-mode logits and the BatchNorm statistics this batch moved them to."""
+  (logits, _), mutated = model.apply(variables, batch, train=True, mutable=["batch_stats"])
+  return logits, mutated.get("batch_stats", {})
 
 
 def _make_update_step(model, tx: optax.GradientTransformation, trains: frozenset,
@@ -37,15 +49,19 @@ def _make_update_step(model, tx: optax.GradientTransformation, trains: frozenset
   `state.<opt_state_field>`; only the groups in `trains` move."""
   loss_fn = losses.get_loss(loss_name)
 
-  def loss_of(params, batch):
-    logits, _ = model.apply({"params": params}, batch)
-    return loss_fn(logits, batch["labels"], batch["domain"], batch["mask"], num_domains)
+  def loss_of(params, batch_stats, batch):
+    logits, new_stats = train_forward(model, {"params": params, "batch_stats": batch_stats},
+                                      batch)
+    loss = loss_fn(logits, batch["labels"], batch["domain"], batch["mask"], num_domains)
+    return loss, new_stats
 
   def update_step(state: TrainState, batch):
-    loss, grads = jax.value_and_grad(loss_of)(state.params, batch)
+    (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        state.params, state.batch_stats, batch)
     updates, opt_state = tx.update(grads, getattr(state, opt_state_field), state.params)
     params = apply_updates(state.params, updates, labels, trains)
-    state = state.replace(params=params, **{opt_state_field: opt_state})
+    state = state.replace(params=params, batch_stats=batch_stats,
+                          **{opt_state_field: opt_state})
     if counts_as_step:
       state = state.replace(step=state.step + 1)
     return state, {metric_name: loss}
@@ -70,10 +86,10 @@ def make_arch_step(model, optimizers: Optimizers, loss_name: str,
 
 
 def make_eval_step(model) -> Callable:
-  """(params, batch) -> (probabilities [B, T], gates [B, T, E] or None)."""
+  """(variables, batch) -> (probabilities [B, T], the model's diagnostics)."""
 
-  def eval_step(params, batch):
-    logits, aux = model.apply({"params": params}, batch)
-    return jax.nn.sigmoid(logits), aux.get("gates")
+  def eval_step(variables, batch):
+    logits, aux = model.apply(variables, batch, train=False)
+    return jax.nn.sigmoid(logits), aux
 
   return eval_step

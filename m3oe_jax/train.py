@@ -28,6 +28,11 @@ from m3oe_jax.trainer import Trainer
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 
 
+# best: the weights of the best validation mean AUC; reference: as the authors'
+# trainers, the best if early stopping fired and the last weights otherwise.
+TEST_WEIGHTS = ("best", "reference")
+
+
 class NonFiniteLossError(FloatingPointError):
   pass
 
@@ -56,6 +61,9 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.patience must be >= 1, got {config.patience}")
   if config.optimizer.schedule == "darts" and int(config.optimizer.arch_every_steps) < 1:
     raise ValueError("config.optimizer.arch_every_steps must be >= 1 for schedule 'darts'")
+  if config.get("test_weights", "best") not in TEST_WEIGHTS:
+    raise ValueError(f"config.test_weights={config.test_weights!r}; expected one of "
+                     f"{TEST_WEIGHTS}")
 
 
 class _PreemptionWatch:
@@ -147,14 +155,23 @@ class _Logger:
       self.writer.close()
 
 
-def _architecture_scalars(params, gate_means, schema) -> dict[str, float]:
-  values = {f"fusion/{name}": float(jax.nn.sigmoid(logit))
-            for name, logit in jax.device_get(params.get("arch", {})).items()}
-  if gate_means is not None:
-    for d, d_name in enumerate(schema.domain_names):
-      for t, t_name in enumerate(schema.task_names):
-        for e in range(gate_means.shape[-1]):
-          values[f"gates/{d_name}/{t_name}/expert{e}"] = float(gate_means[d, t, e])
+def _diagnostic_scalars(diagnostics: dict, schema) -> dict[str, float]:
+  """TensorBoard scalars of a model's diagnostics (see models/base.py): a dict of
+  scalars as `<name>/<key>`; a per-domain mean [D, T, K...] as
+  `<name>/<domain>/<task>/<k>`."""
+  values = {}
+  for name, value in diagnostics.items():
+    if isinstance(value, dict):
+      values.update({f"{name}/{key}": float(v) for key, v in value.items()})
+      continue
+    for index in np.ndindex(*value.shape):
+      parts = [schema.domain_names[index[0]]]
+      if len(index) > 1 and value.shape[1] == schema.num_tasks:
+        parts.append(schema.task_names[index[1]])
+        parts += [str(i) for i in index[2:]]
+      else:
+        parts += [str(i) for i in index[1:]]
+      values[f"{name}/" + "/".join(parts)] = float(value[index])
   return values
 
 
@@ -173,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = epath.Path(workdir)  # local paths and gs:// alike
   workdir.mkdir(parents=True, exist_ok=True)
   _check_config(config)
-  dataset = load_dataset(config.data)
+  dataset = load_dataset(config.data, config.get("variant"))
   mesh = sharding.make_mesh(config.mesh)
   trainer = Trainer(config, dataset, mesh)
   store = checkpoint.CheckpointStore(workdir)
@@ -188,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   steps_per_epoch = pipeline.num_batches(len(dataset.splits["train"]), config.batch_size)
   logger = _Logger(workdir, steps_per_epoch * config.num_epochs, config.batch_size)
-  schedule = config.optimizer.schedule
+  schedule = trainer.schedule
   preemption = _PreemptionWatch()
   preempted = False
 
@@ -218,12 +235,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if schedule in ("reference", "paper"):
       state, _ = trainer.arch_step(state, trainer.arch_batch(progress.arch_steps))
       progress.arch_steps += 1
-    validation, gate_means = trainer.evaluate(state.params, "validation")
+    validation, diagnostics = trainer.evaluate(state.variables(), "validation")
     epoch = progress.epoch
     logging.info("epoch %d\n%s", epoch, metrics.format_table(validation, "validation"))
     logger.scalars({**metrics.scalars(validation, "validation"),
-                    **_architecture_scalars(state.params, gate_means, dataset.schema)},
-                   int(state.step))
+                    **_diagnostic_scalars(diagnostics, dataset.schema)}, int(state.step))
     progress.epoch, progress.batch = epoch + 1, 0
     score = validation["mean_auc"]
     if score is not None and (progress.best_metric is None or score > progress.best_metric):
@@ -248,18 +264,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise RuntimeError("no validation AUC was ever defined (every (domain, task) pair of "
                        "the validation split has a single label class); nothing to test")
   best_state, best_progress, _ = store.restore("best", trainer.abstract_state())
-  test, _ = trainer.evaluate(best_state.params, "test")
-  result = {"test": test, "best_epoch": best_progress.best_epoch,
-            "best_step": best_progress.best_step,
-            "best_validation_mean_auc": best_progress.best_metric}
+  if config.get("test_weights", "best") == "reference" and not progress.stopped_early:
+    tested, tested_state = "last", state
+  else:
+    tested, tested_state = "best", best_state
+  test, _ = trainer.evaluate(tested_state.variables(), "test")
+  schema = dataset.schema
+  result = {"test": test, "tested_weights": tested, "tested_step": int(tested_state.step),
+            "best_epoch": best_progress.best_epoch, "best_step": best_progress.best_step,
+            "best_validation_mean_auc": best_progress.best_metric,
+            "model": config.model.name, "seed": int(config.seed),
+            "data": config.data.name, "domains": list(schema.domain_names),
+            "tasks": list(schema.task_names),
+            "variant": schema.source.get("variant")}
   if dataset.true_probs is not None:
     test_split = dataset.splits["test"]
+    rows = test_split.take(np.arange(len(test_split)))
     result["bayes_optimal_test"] = metrics.evaluate_predictions(
-        dataset.true_probs["test"], test_split.columns["labels"],
-        test_split.columns["domain"], dataset.schema.domain_names, dataset.schema.task_names)
+        dataset.true_probs["test"], rows["labels"], rows["domain"], schema.domain_names,
+        schema.task_names)
   if jax.process_index() == 0:
     (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
-    print(metrics.format_table(test, f"test (best epoch {best_progress.best_epoch})"))
+    print(metrics.format_table(test, f"test ({tested} weights, step {int(tested_state.step)}; "
+                                     f"best epoch {best_progress.best_epoch})"))
     if "bayes_optimal_test" in result:
       print(metrics.format_table(result["bayes_optimal_test"],
                                  "test, Bayes-optimal (true probabilities)"))

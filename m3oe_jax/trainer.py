@@ -7,9 +7,10 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from m3oe_jax import metrics, optim, sharding, step
+from m3oe_jax import losses, metrics, optim, sharding, step
 from m3oe_jax.data import pipeline
-from m3oe_jax.models import build_model, init_params
+from m3oe_jax.models import build_model, init_variables
+from m3oe_jax.models.base import per_domain_means
 
 
 class Trainer:
@@ -26,28 +27,39 @@ class Trainer:
     sharding.check_table_rows(int(config.model.get("embed_rows_multiple", 1)), mesh,
                               config.mesh.embedding_axis)
 
-    params_shape = jax.eval_shape(
-        lambda rng: init_params(self.model, self.schema, rng), jax.random.key(0))
-    self.optimizers = optim.make_optimizers(config.optimizer, params_shape)
+    variables_shape = jax.eval_shape(
+        lambda rng: init_variables(self.model, self.schema, rng), jax.random.key(0))
+    tables = type(self.model).TABLE_SCOPES
+    sharding.check_tables_found(variables_shape["params"], config.mesh.embedding_axis, tables,
+                                config.model.name)
+    steps_per_epoch = pipeline.num_batches(len(dataset.splits["train"]), config.batch_size)
+    self.optimizers = optim.make_optimizers(config.optimizer, variables_shape["params"],
+                                            steps_per_epoch)
+    self.schedule = self.optimizers.schedule
+    if self.schedule != config.optimizer.schedule:
+      logging.info("model %r has no architecture weights: bilevel schedule %r, not %r",
+                   config.model.name, self.schedule, config.optimizer.schedule)
     self.state_shape = jax.eval_shape(
-        lambda p: step.create_train_state(p, self.optimizers), params_shape)
+        lambda v: step.create_train_state(v, self.optimizers), variables_shape)
     self.state_sharding = sharding.state_shardings(self.state_shape, mesh,
-                                                   config.mesh.embedding_axis)
-    self.params_sharding = self.state_sharding.params
+                                                   config.mesh.embedding_axis, tables)
+    self.variables_sharding = {"params": self.state_sharding.params,
+                               "batch_stats": self.state_sharding.batch_stats}
     rows = sharding.batch_sharding(mesh)
-    num_domains = self.schema.num_domains
+    num_domains, num_tasks = self.schema.num_domains, self.schema.num_tasks
+    train_loss = losses.resolve(config.optimizer.train_loss, num_domains, num_tasks,
+                                "train_loss")
+    arch_loss = losses.resolve(config.optimizer.arch_loss, num_domains, num_tasks, "arch_loss")
     self.model_step = jax.jit(
-        step.make_model_step(self.model, self.optimizers, config.optimizer.train_loss,
-                             num_domains),
+        step.make_model_step(self.model, self.optimizers, train_loss, num_domains),
         in_shardings=(self.state_sharding, rows),
         out_shardings=(self.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     self.arch_step = jax.jit(
-        step.make_arch_step(self.model, self.optimizers, config.optimizer.arch_loss,
-                            num_domains),
+        step.make_arch_step(self.model, self.optimizers, arch_loss, num_domains),
         in_shardings=(self.state_sharding, rows),
         out_shardings=(self.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     self.eval_step = jax.jit(step.make_eval_step(self.model),
-                             in_shardings=(self.params_sharding, rows), out_shardings=rows)
+                             in_shardings=(self.variables_sharding, rows))
     self._check_memory_budget(int(config.mesh.get("device_memory_budget_bytes", 0)))
 
   def _check_memory_budget(self, budget: int) -> None:
@@ -82,8 +94,8 @@ class Trainer:
   def initial_state(self, seed: int):
 
     def init(rng):
-      params = init_params(self.model, self.schema, rng)
-      return step.create_train_state(params, self.optimizers)
+      return step.create_train_state(init_variables(self.model, self.schema, rng),
+                                     self.optimizers)
 
     return jax.jit(init, out_shardings=self.state_sharding)(jax.random.key(seed))
 
@@ -98,36 +110,41 @@ class Trainer:
   def arch_batch(self, arch_steps: int):
     """The architecture step's batch: training data for reference/paper, validation
     data for darts, each from a stream of its own."""
-    split = "validation" if self.config.optimizer.schedule == "darts" else "train"
+    split = "validation" if self.schedule == "darts" else "train"
     return self.put(pipeline.shuffled_batch(
         self.dataset.splits[split], self.config.batch_size, self.config.seed + 1,
         arch_steps, jax.process_index(), jax.process_count()))
 
-  def evaluate(self, params, split: str) -> tuple[dict, np.ndarray | None]:
+  def evaluate(self, variables, split: str) -> tuple[dict, dict]:
     """Metrics over the whole split, from every process's rows, identical on all
-    processes; and the mean gate weight per (domain, task, expert)."""
+    processes; and the model's diagnostics: each per-example one averaged over
+    each domain's rows ([D, ...]), each dict of scalars as it is."""
     source = self.dataset.splits[split]
     outputs = []
     for batch in pipeline.ordered_batches(source, self.config.eval_batch_size,
                                           jax.process_index(), jax.process_count()):
-      outputs.append((self.eval_step(params, self.put(batch)), batch))
-    columns = {"probs": [], "gates": [], "labels": [], "domain": []}
-    for (probs, gates), batch in outputs:
+      outputs.append((self.eval_step(variables, self.put(batch)), batch))
+    columns = {"probs": [], "labels": [], "domain": []}
+    per_example, scalars = {}, {}
+    for (probs, aux), batch in outputs:
       host = {"labels": batch["labels"], "domain": batch["domain"], "mask": batch["mask"]}
       if jax.process_count() > 1:
         host = multihost_utils.process_allgather(host, tiled=True)
-      probs, gates = multihost_utils.process_allgather((probs, gates), tiled=True)
+      examples = {k: v for k, v in aux.items() if not isinstance(v, dict)}
+      probs, examples = multihost_utils.process_allgather((probs, examples), tiled=True)
       real = host["mask"] > 0
-      for name, value in (("probs", probs), ("gates", gates), ("labels", host["labels"]),
-                          ("domain", host["domain"])):
-        columns[name].append(None if value is None else np.asarray(value)[real])
+      columns["probs"].append(np.asarray(probs)[real])
+      columns["labels"].append(host["labels"][real])
+      columns["domain"].append(host["domain"][real])
+      for name, value in examples.items():
+        per_example.setdefault(name, []).append(np.asarray(value)[real])
+      scalars = {k: jax.device_get(v) for k, v in aux.items() if isinstance(v, dict)}
     probs, labels, domain = (np.concatenate(columns[k]) for k in ("probs", "labels", "domain"))
     result = metrics.evaluate_predictions(probs, labels, domain, self.schema.domain_names,
                                           self.schema.task_names)
-    gate_means = None
-    if columns["gates"][0] is not None:
-      gates = np.concatenate(columns["gates"])
-      gate_means = np.stack([
-          gates[domain == d].mean(0) if np.any(domain == d) else np.full(gates.shape[1:], np.nan)
-          for d in range(self.schema.num_domains)])                   # [D, T, E]
-    return result, gate_means
+    diagnostics = {name: per_domain_means(np.concatenate(parts), domain,
+                                          self.schema.num_domains)
+                   for name, parts in per_example.items()}
+    diagnostics.update({name: {k: float(v) for k, v in values.items()}
+                        for name, values in scalars.items()})
+    return result, diagnostics

@@ -8,10 +8,17 @@ import ml_collections
 import numpy as np
 
 from m3oe_jax.data import synthetic
-from m3oe_jax.models import build_model, init_params
+from m3oe_jax.models import build_model, default_model_config, init_params
 
-MODEL = dict(name="m3oe", embed_dim=4, fcn_dims=[16, 8, 8, 8], num_shared_experts=3,
-             arch_init=1.0, gate_stop_gradient=True, embed_init_std=1e-4)
+
+def model_config(name="m3oe", embed_dim=4, **options):
+  """`config.model` selecting `name` with small M3oE-sized defaults for the tests."""
+  config = default_model_config(name)
+  config.embed_dim = embed_dim
+  if name == "m3oe":
+    config.m3oe.update(dict(fcn_dims=(16, 8, 8, 8), num_shared_experts=3))
+  config[name].update({k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+  return config
 
 
 def tiny_data_config(**overrides):
@@ -25,7 +32,7 @@ def tiny_data_config(**overrides):
 
 def tiny_model_and_params(seed=0, **model_overrides):
   dataset = synthetic.make_dataset(tiny_data_config())
-  model = build_model(ml_collections.ConfigDict({**MODEL, **model_overrides}), dataset.schema)
+  model = build_model(model_config(**model_overrides), dataset.schema)
   params = init_params(model, dataset.schema, jax.random.key(seed))
   return model, params, dataset
 

@@ -29,7 +29,7 @@ def _same_bits(a, b):
 def _steps(schedule):
   model, params, dataset = tiny_model_and_params()
   opts = optim.make_optimizers(_optimizer_config(schedule), params)
-  state = step.create_train_state(params, opts)
+  state = step.create_train_state({"params": params}, opts)
   model_step = jax.jit(step.make_model_step(model, opts, "mdmt", 3))
   arch_step = jax.jit(step.make_arch_step(model, opts, "mean", 3))
   return state, model_step, arch_step, dataset

@@ -83,8 +83,8 @@ def _losses(workdir) -> dict[int, float]:
 
 
 def _params(workdir, which="latest"):
-  params, _, _ = checkpoint.load_params(workdir, which)
-  return params
+  variables, _, _ = checkpoint.load_params(workdir, which)
+  return variables["params"]
 
 
 def _max_difference(a, b) -> float:
@@ -159,7 +159,8 @@ def test_every_mesh_and_process_count_gives_the_single_device_numbers(runs, name
 
 def test_padding_rows_of_row_sharded_tables_stay_zero(runs):
   w, _, _ = runs
-  params, schema, _ = checkpoint.load_params(w["2x4"], "latest")
+  variables, schema, _ = checkpoint.load_params(w["2x4"], "latest")
+  params = variables["params"]
   for feature, vocab in zip(schema.sparse_names, schema.vocab_sizes):
     table = np.asarray(params["embedding"][feature])
     assert table.shape[0] % 128 == 0 and table.shape[0] > vocab

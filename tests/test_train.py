@@ -51,18 +51,18 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(finished_run):
   tags = event_files.scalars(workdir / "tensorboard")
   assert "train/loss" in tags and "train/examples_per_second" in tags
   for name in ("bal_d", "bal_t", "exp_d", "exp_t"):
-    values = [v for _, v in tags[f"fusion/{name}"]]
+    values = [v for _, v in tags[f"fusion_weights/{name}"]]
     assert len(values) == config.num_epochs and all(0 < v < 1 for v in values)
   pair = "synthetic_domain1/synthetic_task0"
   assert len(tags[f"validation/auc/{pair}"]) == config.num_epochs
   assert f"validation/logloss/{pair}" in tags
-  gate_tags = [t for t in tags if t.startswith(f"gates/{pair}/expert")]
-  assert len(gate_tags) == config.model.num_shared_experts
+  gate_tags = [t for t in tags if t.startswith(f"gates/{pair}/")]
+  assert len(gate_tags) == config.model.m3oe.num_shared_experts
 
   store = checkpoint.CheckpointStore(workdir, read_only=True)
   meta = store.read_meta("latest")
   assert meta["progress"]["epoch"] == config.num_epochs
-  assert meta["config"]["model"]["fcn_dims"] == list(config.model.fcn_dims)
+  assert meta["config"]["model"]["m3oe"]["fcn_dims"] == list(config.model.m3oe.fcn_dims)
   assert meta["schema"]["task_names"] == ["synthetic_task0", "synthetic_task1"]
   best_meta = store.read_meta("best")
   assert best_meta["progress"]["best_epoch"] == result["best_epoch"]
@@ -70,11 +70,11 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(finished_run):
 
 def test_checkpoint_loads_in_a_notebook_without_the_mesh(finished_run):
   config, workdir, result = finished_run
-  params, schema, saved_config = checkpoint.load_params(workdir, "best")
+  variables, schema, saved_config = checkpoint.load_params(workdir, "best")
   model = build_model(saved_config.model, schema)
   test = load_dataset(config.data).splits["test"]
   batch = test.take(np.arange(len(test)))
-  logits, _ = jax.jit(model.apply)({"params": params}, batch)
+  logits, _ = jax.jit(model.apply)(variables, batch)
   from m3oe_jax import metrics
   again = metrics.evaluate_predictions(np.asarray(jax.nn.sigmoid(logits)), batch["labels"],
                                        batch["domain"], schema.domain_names,
@@ -112,9 +112,9 @@ def test_non_finite_loss_stops_without_saving_bad_state(tmp_path):
   store = checkpoint.CheckpointStore(tmp_path, read_only=True)
   for mngr in (store.latest, store.best):
     for step_number in mngr.all_steps():
-      params, _, _ = checkpoint.load_params(tmp_path, "latest" if mngr is store.latest
-                                            else "best")
-      assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+      variables, _, _ = checkpoint.load_params(tmp_path, "latest" if mngr is store.latest
+                                               else "best")
+      assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables))
 
 
 @pytest.mark.parametrize("schedule", ["paper", "darts"])

@@ -1,16 +1,14 @@
-"""The model interface every ranking model of the trainer follows.
+"""Models: the registry, building a model from the config, its variables and
+their named export. The contract a model follows is in `models/base.py`.
 
-A model is a Flax module called as `model.apply({'params': params}, batch)` with a
-batch dict (`sparse` [B, S], `dense` [B, Q], `domain` [B]) that returns
-`(logits, aux)`: logits [B, T] for each example's own domain, and a dict of
-named diagnostics (for M3oE: `gates` [B, T, E] and `fusion_weights`).
-
-Parameters under the top-level key `arch` are architecture weights; all others
-are model weights (see `param_groups`).
+Adding a model: write `models/<name>.py` with a `RankingModel` subclass and add
+one line to `MODELS`. Its options and their defaults become the config section
+`config.model.<name>`; nothing else changes.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Mapping
 
 import flax
@@ -20,33 +18,59 @@ import ml_collections
 import numpy as np
 
 from m3oe_jax.data.schema import FeatureSchema
-from m3oe_jax.models.m3oe import M3oE
+from m3oe_jax.models.base import SHARED_FIELDS, RankingModel, model_options
+
+# name -> "module:Class". The name selects the model (`--config.model.name=mmoe`).
+MODELS = {
+    "m3oe": "m3oe_jax.models.m3oe:M3oE",
+}
 
 ARCH_GROUP = "arch"
 MODEL_GROUP = "model"
 
 
-def build_model(config: ml_collections.ConfigDict, schema: FeatureSchema):
-  """The model named by `config.name`, sized by the dataset's schema."""
+def model_class(name: str) -> type[RankingModel]:
+  if name not in MODELS:
+    raise ValueError(f"config.model.name={name!r} is not a known model; "
+                     f"expected one of {sorted(MODELS)}")
+  module, cls_name = MODELS[name].split(":")
+  cls = getattr(importlib.import_module(module), cls_name)
+  if cls.NAME != name:
+    raise TypeError(f"{MODELS[name]}.NAME is {cls.NAME!r}, registered as {name!r}")
+  return cls
+
+
+def default_model_config(name: str = "m3oe") -> ml_collections.ConfigDict:
+  """`config.model`: the selected name, the shared fields, and a section per
+  registered model holding that model's options at their defaults."""
+  config = ml_collections.ConfigDict()
+  config.name = name
+  config.embed_dim = 16
+  config.embed_init_std = 1e-4
+  config.embed_rows_multiple = 1
+  for registered in MODELS:
+    config[registered] = ml_collections.ConfigDict(model_options(model_class(registered)))
+  return config
+
+
+def build_model(config: ml_collections.ConfigDict, schema: FeatureSchema) -> RankingModel:
+  """The model named by `config.name`, sized by the dataset's schema, with the
+  options of its section `config.<name>` (absent options keep their defaults)."""
   bad = [n for n in schema.sparse_names if "/" in n]
   if bad:
     raise ValueError(f"sparse feature names may not contain '/': {bad}")
-  if config.name == "m3oe":
-    return M3oE(
-        feature_names=schema.sparse_names,
-        vocab_sizes=schema.vocab_sizes,
-        num_domains=schema.num_domains,
-        num_tasks=schema.num_tasks,
-        embed_dim=config.embed_dim,
-        fcn_dims=tuple(config.fcn_dims),
-        num_shared_experts=config.num_shared_experts,
-        arch_init=config.arch_init,
-        gate_stop_gradient=config.gate_stop_gradient,
-        embed_init_std=config.embed_init_std,
-        embed_rows_multiple=config.get("embed_rows_multiple", 1),
-    )
-  raise ValueError(f"config.model.name={config.name!r} is not a known model; "
-                   "expected 'm3oe'")
+  cls = model_class(config.name)
+  options = model_options(cls)
+  given = dict(config.get(config.name, {}) or {})
+  unknown = sorted(set(given) - set(options))
+  if unknown:
+    raise ValueError(f"config.model.{config.name} has fields {unknown} that model "
+                     f"{config.name!r} does not take; its options are {sorted(options)}")
+  shared = {field: config[field] for field in SHARED_FIELDS if field in config}
+  options.update(given)
+  return cls(feature_names=tuple(schema.sparse_names), vocab_sizes=tuple(schema.vocab_sizes),
+             num_domains=schema.num_domains, num_tasks=schema.num_tasks,
+             **shared, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
 
 
 def dummy_batch(schema: FeatureSchema, batch_size: int = 2) -> dict[str, np.ndarray]:
@@ -54,11 +78,22 @@ def dummy_batch(schema: FeatureSchema, batch_size: int = 2) -> dict[str, np.ndar
       "sparse": np.zeros((batch_size, schema.num_sparse), np.int32),
       "dense": np.zeros((batch_size, schema.num_dense), np.float32),
       "domain": np.zeros((batch_size,), np.int32),
+      "mask": np.ones((batch_size,), np.float32),
   }
 
 
+def init_variables(model, schema: FeatureSchema, rng: jax.Array) -> dict:
+  """{'params': ..., 'batch_stats': ... (empty for models without BatchNorm)}."""
+  variables = jax.jit(lambda key: model.init(key, dummy_batch(schema), train=False))(rng)
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
 def init_params(model, schema: FeatureSchema, rng: jax.Array):
-  return jax.jit(model.init)(rng, dummy_batch(schema))["params"]
+  return init_variables(model, schema, rng)["params"]
+
+
+def has_arch_weights(params) -> bool:
+  return ARCH_GROUP in params
 
 
 def param_groups(params) -> Any:
@@ -77,7 +112,8 @@ def export_weights(params, schema: FeatureSchema | None = None) -> dict[str, np.
   named = {name: np.asarray(value) for name, value in flat.items()}
   if schema is not None:
     for feature, vocab in zip(schema.sparse_names, schema.vocab_sizes):
-      named[f"embedding/{feature}"] = named[f"embedding/{feature}"][:vocab]
+      if f"embedding/{feature}" in named:
+        named[f"embedding/{feature}"] = named[f"embedding/{feature}"][:vocab]
   return named
 
 

@@ -1,4 +1,5 @@
-"""Building blocks: the `Block` layer, expert MLPs and banks of stacked modules."""
+"""Building blocks shared by the models: dense and normalised layers, expert MLPs,
+banks of stacked modules, the embedding lookup and per-domain selection."""
 
 from __future__ import annotations
 
@@ -71,17 +72,155 @@ class MLP(nn.Module):
     return x
 
 
+BATCH_NORM_EPSILON = 1e-5
+BATCH_NORM_MOMENTUM = 0.1  # torch's convention: new = (1 - m) * old + m * batch
+
+
+def batch_norm(module: nn.Module, y: jax.Array, mask: jax.Array | None,
+               use_running_average: bool) -> jax.Array:
+  """torch.nn.BatchNorm1d over the rows of y [B, F], with `module`'s parameters
+  `bn_scale`, `bn_bias` and statistics `batch_stats/{bn_mean, bn_var}`.
+
+  Train mode normalises with the mean and biased variance of the rows where
+  `mask` is nonzero (padded rows excluded). Under jit over a mesh these sums span
+  the *global* batch, every device and process. The running statistics move by
+  torch's rule with the *unbiased* batch variance. Eval mode
+  (`use_running_average`) normalises with the running statistics.
+  """
+  features = y.shape[-1]
+  scale = module.param("bn_scale", nn.initializers.ones, (features,))
+  bias = module.param("bn_bias", nn.initializers.zeros, (features,))
+  running_mean = module.variable("batch_stats", "bn_mean", jnp.zeros, (features,), jnp.float32)
+  running_var = module.variable("batch_stats", "bn_var", jnp.ones, (features,), jnp.float32)
+  if use_running_average:
+    mean, var = running_mean.value, running_var.value
+  else:
+    weight = jnp.ones(y.shape[:1], y.dtype) if mask is None else mask.astype(y.dtype)
+    weight = weight[:, None]
+    count = jnp.sum(weight)
+    mean = jnp.sum(weight * y, axis=0) / jnp.maximum(count, 1.0)
+    var = jnp.sum(weight * jnp.square(y - mean), axis=0) / jnp.maximum(count, 1.0)
+    if not module.is_initializing():
+      m = BATCH_NORM_MOMENTUM
+      unbiased = var * count / jnp.maximum(count - 1.0, 1.0)
+      seen = count > 0  # an all-padding batch leaves the statistics alone
+      running_mean.value = jnp.where(
+          seen, (1 - m) * running_mean.value + m * jax.lax.stop_gradient(mean),
+          running_mean.value)
+      running_var.value = jnp.where(
+          seen, (1 - m) * running_var.value + m * jax.lax.stop_gradient(unbiased),
+          running_var.value)
+  return (y - mean) * jax.lax.rsqrt(var + BATCH_NORM_EPSILON) * scale + bias
+
+
+class BlockBN(nn.Module):
+  """relu(BatchNorm(x @ kernel + bias)); parameters kernel, bias, bn_scale, bn_bias.
+
+  Called as `BlockBN(features, use_running_average)(x, mask)`.
+  """
+  features: int
+  use_running_average: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    y = affine(self, x, self.features)
+    return jax.nn.relu(batch_norm(self, y, mask, self.use_running_average))
+
+
 def bank(module_cls, size: int, in_axes=None):
-  """`module_cls` vmapped into `size` modules with parameters stacked on axis 0.
+  """`module_cls` vmapped into `size` modules with parameters (and BatchNorm
+  statistics) stacked on axis 0.
 
   With the default `in_axes=None` every member reads the same input; outputs are
   stacked on axis 0.
   """
   return nn.vmap(
       module_cls,
-      variable_axes={"params": 0},
+      variable_axes={"params": 0, "batch_stats": 0},
       split_rngs={"params": True},
       in_axes=in_axes,
       out_axes=0,
       axis_size=size,
   )
+
+
+def padded_rows(vocab: int, multiple: int) -> int:
+  """Rows of a table for `vocab` ids: `vocab` rounded up to a multiple of `multiple`."""
+  return -(-vocab // multiple) * multiple
+
+
+class Embeddings(nn.Module):
+  """One table per sparse feature; concatenates the looked-up rows and dense values.
+
+  A table has `padded_rows(vocab, rows_multiple)` rows so that it can be split
+  evenly over a mesh axis. The rows past the vocabulary start at zero and are
+  never looked up, so their gradient, Adam update and weight decay are all zero:
+  they stay zero and change no result.
+  """
+  feature_names: Sequence[str]
+  vocab_sizes: Sequence[int]
+  embed_dim: int
+  init_std: float
+  rows_multiple: int = 1
+
+  @nn.compact
+  def __call__(self, sparse: jax.Array, dense: jax.Array) -> jax.Array:
+    normal = nn.initializers.normal(self.init_std)
+    columns = []
+    for k, (name, vocab) in enumerate(zip(self.feature_names, self.vocab_sizes)):
+
+      def init(key, shape, vocab=vocab):
+        return jnp.pad(normal(key, (vocab, shape[1])), ((0, shape[0] - vocab), (0, 0)))
+
+      rows = padded_rows(vocab, self.rows_multiple)
+      table = self.param(name, init, (rows, self.embed_dim))
+      ids = sparse[:, k] if rows == vocab else jnp.minimum(sparse[:, k], vocab - 1)
+      columns.append(jnp.take(table, ids, axis=0, mode="clip"))
+    return jnp.concatenate(columns + [dense.astype(jnp.float32)], axis=-1)
+
+
+class Star(nn.Module):
+  """Star topology: each example goes through (W_shared ⊙ W_dom[d]) of its domain."""
+  num_domains: int
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, domain: jax.Array) -> jax.Array:
+    f = x.shape[-1]
+    xavier = nn.initializers.xavier_uniform()
+    xavier_stacked = nn.initializers.xavier_uniform(batch_axis=(0,))
+    shared_kernel = self.param("shared_kernel", xavier, (f, self.features))
+    shared_bias = self.param("shared_bias", nn.initializers.zeros, (self.features,))
+    domain_kernel = self.param("domain_kernel", xavier_stacked,
+                               (self.num_domains, f, self.features))
+    domain_bias = self.param("domain_bias", nn.initializers.zeros,
+                             (self.num_domains, self.features))
+    # Each example's input is placed in its domain's slot of a [B, D*F] matrix, so
+    # one matmul against the stacked [D*F, h1] kernels applies every example's
+    # own-domain kernel without computing (or selecting from) the other domains.
+    own = jax.nn.one_hot(domain, self.num_domains, dtype=x.dtype)         # [B, D]
+    slotted = (own[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)   # [B, D*F]
+    kernels = (shared_kernel[None] * domain_kernel).reshape(-1, self.features)
+    return slotted @ kernels + shared_bias + own @ domain_bias
+
+
+class Tower(nn.Module):
+  """Block o -> o, then Dense o -> 1; returns the logit [B]."""
+
+  @nn.compact
+  def __call__(self, f: jax.Array) -> jax.Array:
+    width = f.shape[-1]
+    y = Block(width, name="hidden")(f)
+    return Dense(1, name="out")(y)[..., 0]
+
+
+def select_domain(x: jax.Array, domain: jax.Array, axis: int) -> jax.Array:
+  """Picks, for each example b, entry domain[b] of `x` along `axis` (batch is axis 0).
+
+  A masked sum rather than a gather: its gradient is a dense select instead of a
+  scatter, which XLA runs far faster on CPU and GPU.
+  """
+  shape = [1] * x.ndim
+  shape[0], shape[axis] = x.shape[0], x.shape[axis]
+  chosen = (domain[:, None] == jnp.arange(x.shape[axis])[None]).reshape(shape)
+  return jnp.sum(jnp.where(chosen, x, 0), axis=axis)

@@ -18,8 +18,8 @@ def test_paper_setup(name):
   assert c.data.name == name
   assert c.optimizer.model_lr == 1e-2 and c.optimizer.arch_lr == 1e-3
   assert c.optimizer.weight_decay == 1e-5
-  assert c.model.num_shared_experts == 4 and c.model.embed_dim == 16
-  assert list(c.model.fcn_dims) == [512, 256, 256, 64]
+  assert c.model.m3oe.num_shared_experts == 4 and c.model.embed_dim == 16
+  assert list(c.model.m3oe.fcn_dims) == [512, 256, 256, 64]
   assert c.batch_size == 40960 and c.num_epochs == 50 and c.patience == 10
   assert "domain" in c.data.sparse_features
   assert c.data.split == "temporal" and list(c.data.split_ratios) == [8.0, 1.0, 1.0]

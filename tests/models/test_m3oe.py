@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from m3oe_jax.models import build_model, export_weights, import_weights, init_params
-from tests.helpers import MODEL, batch_of, tiny_model_and_params
+from tests.helpers import batch_of, model_config, tiny_model_and_params
 
 
 def test_banks_hold_stacked_parameters():
@@ -64,7 +64,7 @@ def test_single_domain_and_single_task_models_work():
   from m3oe_jax.data import synthetic
   from tests.helpers import tiny_data_config
   dataset = synthetic.make_dataset(tiny_data_config(num_domains=1, num_tasks=1))
-  model = build_model(ml_collections.ConfigDict(MODEL), dataset.schema)
+  model = build_model(model_config(), dataset.schema)
   params = init_params(model, dataset.schema, jax.random.key(0))
   logits, _ = model.apply({"params": params}, batch_of(dataset, 8))
   assert logits.shape == (8, 1) and np.all(np.isfinite(logits))

@@ -1,60 +1,43 @@
 """M3oE against vectors produced by the authors' PyTorch code.
 
-Any npz in the same format (other numbers of domains, tasks, experts, layers or
-features) goes through unchanged: set M3OE_GOLDEN=/path/to/file.npz.
+One test per file and check: every `m3oe*.npz` in tests/assets/golden (the
+reference shape, one domain, one task), or the folder M3OE_GOLDEN_DIR, or the
+single file M3OE_GOLDEN. Any file in the same format (other numbers of domains,
+tasks, experts, layers or features) goes through unchanged. Float32 at the
+highest matmul precision, so the checks hold on GPU and TPU too.
 """
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from m3oe_jax import losses
-from m3oe_jax.data.schema import FeatureSchema
-from m3oe_jax.models import build_model, export_weights, import_weights, init_params
+from m3oe_jax.models import export_weights
+from tests import golden as golden_files
+
+FILES = golden_files.m3oe_files()
 
 
-@pytest.fixture(scope="module")
-def golden(golden_path):
-  with np.load(golden_path) as f:
-    return {k: f[k] for k in f.files}
+@pytest.fixture(scope="module", params=FILES, ids=[f.stem for f in FILES])
+def golden(request):
+  if not request.param.exists():
+    pytest.fail(f"golden file {request.param} not found")
+  with jax.default_matmul_precision("highest"):
+    yield golden_files.load(request.param)
 
 
-def _model_and_params(golden):
-  schema = FeatureSchema(
-      sparse_names=[str(n) for n in golden["config/sparse_names"]],
-      vocab_sizes=golden["config/vocabs"].tolist(),
-      dense_names=[f"dense{i}" for i in range(int(golden["config/num_dense"]))],
-      domain_names=[str(d) for d in range(int(golden["config/D"]))],
-      task_names=[str(t) for t in range(int(golden["config/T"]))],
-  )
-  config = ml_collections.ConfigDict(dict(
-      name="m3oe", embed_dim=int(golden["config/emb"]),
-      fcn_dims=golden["config/fcn_dims"].tolist(),
-      num_shared_experts=int(golden["config/E"]), arch_init=1.0,
-      gate_stop_gradient=True, embed_init_std=1e-4))
-  model = build_model(config, schema)
-  template = jax.eval_shape(lambda: init_params(model, schema, jax.random.key(0)))
-  named = {k[len("params/"):]: v for k, v in golden.items() if k.startswith("params/")}
-  return model, import_weights(named, template), schema
+def test_golden_files_are_found():
+  assert FILES, "no m3oe*.npz golden file found (tests/assets/golden or M3OE_GOLDEN_DIR)"
 
 
-def _batch(golden):
-  return {
-      "sparse": jnp.asarray(golden["inputs/sparse_ids"]),
-      "dense": jnp.asarray(golden["inputs/dense"]),
-      "domain": jnp.asarray(golden["inputs/domain"]),
-  }
-
-
-def test_probabilities_and_losses(golden):
-  model, params, schema = _model_and_params(golden)
-  batch = _batch(golden)
-  logits, aux = jax.jit(model.apply)({"params": params}, batch)
+def test_golden_probabilities_and_losses(golden):
+  model, variables, schema = golden_files.build(golden)
+  batch = golden_files.batch_of(golden)
+  logits, aux = jax.jit(model.apply)(variables, batch)
   np.testing.assert_allclose(jax.nn.sigmoid(logits), golden["outputs/probs"], rtol=0, atol=1e-5)
   labels = jnp.asarray(golden["inputs/labels"])
-  mask = jnp.ones(labels.shape[0])
+  mask = batch["mask"]
   mdmt = losses.mdmt_loss(logits, labels, batch["domain"], mask, schema.num_domains)
   mean = losses.mean_loss(logits, labels, batch["domain"], mask, schema.num_domains)
   np.testing.assert_allclose(mdmt, golden["outputs/mdmt_loss"], rtol=1e-5)
@@ -63,25 +46,19 @@ def test_probabilities_and_losses(golden):
   np.testing.assert_allclose(aux["gates"].sum(-1), 1.0, atol=1e-6)
 
 
-def test_mdmt_gradient_of_every_weight(golden):
-  model, params, schema = _model_and_params(golden)
-  batch = _batch(golden)
-  labels = jnp.asarray(golden["inputs/labels"])
-  mask = jnp.ones(labels.shape[0])
-
-  def loss_fn(p):
-    logits, _ = model.apply({"params": p}, batch)
-    return losses.mdmt_loss(logits, labels, batch["domain"], mask, schema.num_domains)
-
-  grads = export_weights(jax.jit(jax.grad(loss_fn))(params))
-  expected = {k[len("grads/"):]: v for k, v in golden.items() if k.startswith("grads/")}
+def test_golden_mdmt_gradient_of_every_weight(golden):
+  model, variables, schema = golden_files.build(golden)
+  batch = golden_files.batch_of(golden)
+  grads = golden_files.mdmt_gradients(model, variables, batch,
+                                      jnp.asarray(golden["inputs/labels"]), schema.num_domains)
+  expected = golden_files.section(golden, "grads")
   assert sorted(grads) == sorted(expected)
   for name, want in expected.items():
     np.testing.assert_allclose(grads[name], want, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
-def test_export_round_trips_the_named_weights(golden):
-  _, params, _ = _model_and_params(golden)
-  exported = export_weights(params)
+def test_golden_export_round_trips_the_named_weights(golden):
+  _, variables, _ = golden_files.build(golden)
+  exported = export_weights(variables["params"])
   for name, value in exported.items():
     np.testing.assert_array_equal(value, golden[f"params/{name}"])

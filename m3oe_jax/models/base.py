@@ -1,0 +1,100 @@
+"""The contract every ranking model of the trainer follows.
+
+A model is a Flax module, a subclass of `RankingModel`, called as
+
+    logits, aux = model.apply(variables, batch, train=...)
+
+with `variables = {'params': ...}` plus `'batch_stats'` for models with
+BatchNorm (in train mode pass `mutable=['batch_stats']`), and a batch dict of
+`sparse` [B, S] int ids, `dense` [B, Q] floats, `domain` [B] ids and, optionally,
+`mask` [B] (1 for real rows, 0 for padding; BatchNorm statistics skip padding).
+
+It returns `logits` [B, T], each example scored by its own domain's heads, and
+`aux`, a dict of optional diagnostics:
+  - an array whose leading axis is the batch ([B, T, K] for per-task values such
+    as M3oE's gate weights) is averaged per domain over the validation split;
+  - a dict of scalars (M3oE's fusion weights) is logged as it is.
+A model without diagnostics returns an empty dict.
+
+Conventions that the rest of the code relies on, and nothing else:
+  - embedding tables live under the top-level parameter scopes named in
+    `TABLE_SCOPES` (default `embedding/<feature>`, [rows, width]); they are the
+    parameters a mesh may row-shard;
+  - parameters under the top-level key `arch` are architecture weights, trained
+    by the bilevel schedule; a model without them trains with schedule 'none';
+  - every dataclass field after the shared ones below is an option with a
+    default: the config section `config.model.<name>` overrides them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Mapping, Sequence
+
+import flax.linen as nn
+import numpy as np
+
+from m3oe_jax.models.layers import Embeddings
+
+# Fields every model takes, filled from the dataset's schema...
+DATA_FIELDS = ("feature_names", "vocab_sizes", "num_domains", "num_tasks")
+# ... and from the shared part of `config.model`.
+SHARED_FIELDS = ("embed_dim", "embed_init_std", "embed_rows_multiple")
+
+
+class RankingModel(nn.Module):
+  """Base of every registered model: its data-given and shared fields."""
+  feature_names: Sequence[str]
+  vocab_sizes: Sequence[int]
+  num_domains: int
+  num_tasks: int
+  embed_dim: int = 16
+  embed_init_std: float = 1e-4
+  embed_rows_multiple: int = 1
+
+  # The model's name in the registry and its config section, `config.model.<NAME>`.
+  NAME: ClassVar[str] = ""
+  # Option overrides that make the model small, for the configs' `tiny` variants.
+  TINY: ClassVar[Mapping[str, Any]] = {}
+  # Top-level parameter scopes whose [rows, width] leaves are embedding tables.
+  TABLE_SCOPES: ClassVar[tuple[str, ...]] = ("embedding",)
+
+  def embeddings(self, **kwargs) -> Embeddings:
+    """The model's tables. In `setup`, assign it to `self.embedding`."""
+    return Embeddings(self.feature_names, self.vocab_sizes, self.embed_dim,
+                      self.embed_init_std, self.embed_rows_multiple, **kwargs)
+
+  def embed(self, batch) -> "jax.Array":
+    """x = concat(table lookups, dense values) [B, F], from a compact `__call__`."""
+    return self.embeddings(name="embedding")(batch["sparse"], batch["dense"])
+
+  def check_positive(self, **values: int) -> None:
+    """Refuses options below 1, naming them as config fields."""
+    for name, value in values.items():
+      flat = value if isinstance(value, (tuple, list)) else (value,)
+      if any(int(v) != v or v < 1 for v in flat):
+        raise ValueError(f"config.model.{self.NAME}.{name}={value!r} "
+                         "must be positive integers")
+
+
+def model_options(cls: type[RankingModel]) -> dict[str, Any]:
+  """A model's own options and their defaults (not the data-given or shared fields)."""
+  skip = set(DATA_FIELDS) | set(SHARED_FIELDS) | {"parent", "name"}
+  options = {}
+  for field in dataclasses.fields(cls):
+    if field.name in skip:
+      continue
+    if field.default is not dataclasses.MISSING:
+      options[field.name] = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+      options[field.name] = field.default_factory()
+    else:
+      raise TypeError(f"{cls.__name__}.{field.name} needs a default: every model option has one")
+  return options
+
+
+def per_domain_means(values, domain: np.ndarray, num_domains: int) -> np.ndarray:
+  """Means of per-example `values` [N, ...] over each domain's rows: [D, ...]."""
+  values = np.asarray(values)
+  return np.stack([values[domain == d].mean(0) if np.any(domain == d)
+                   else np.full(values.shape[1:], np.nan) for d in range(num_domains)])
