@@ -2,6 +2,14 @@
 
   python benchmarks/bench_train.py [--batch_sizes=256,4096,40960] [--repeats=5]
   python benchmarks/bench_train.py --batch_sizes=4096,40960,262144 --embedding_share  # GPU
+  python benchmarks/bench_train.py --models=all --batch_sizes=4096,40960 \
+      --eval_batch_sizes=4096,40960   # every registered model, one table
+
+With --models, every named model (at its paper/spec size, -MDMT shape: 3
+domains x 2 tasks) is measured in the same run and a last table lists, per model,
+parameters without embeddings, the train step's FLOPs per example and its
+achieved FLOP/s, train and eval examples/s at each batch size, and the speed
+relative to M3oE.
 
 Reports, per batch size: compile time, median examples/s over repeated timed runs
 after compilation (with min and max), peak memory, and the step's achieved FLOP/s
@@ -50,10 +58,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=wrong-import-position
 from benchmarks.common import (MOVIELENS_SCHEMA, peak_memory_bytes, random_batches,
                                reference_config, time_runs)
-from m3oe_jax import optim, step
+from m3oe_jax import losses, optim, step
 from m3oe_jax.data.schema import FeatureSchema
-from m3oe_jax.models import build_model, init_params
-from m3oe_jax.models.m3oe import Embeddings
+from m3oe_jax.models import MODELS, build_model, init_variables
+from m3oe_jax.models.layers import Embeddings
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["256", "4096", "40960"], "Batch sizes.")
 _EVAL_BATCH_SIZES = flags.DEFINE_list("eval_batch_sizes", ["4096"], "Eval batch sizes.")
@@ -68,6 +76,8 @@ _REFERENCE_COLUMNS = flags.DEFINE_enum(
     "The PyTorch reference's ex/s, ratio and target columns; 'auto' shows them on a "
     "CPU only, the kind of device the reference was measured on.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results to this file.")
+_MODELS = flags.DEFINE_list("models", ["m3oe"],
+                            "Registered models to measure ('all': every one).")
 
 REFERENCE_TRAIN = {256: 17_000, 4096: 34_500, 40960: 27_700}  # examples/s, PyTorch, 2 cores
 REFERENCE_EVAL = {4096: 99_000}
@@ -144,12 +154,13 @@ def _check_same_loss(full, without, lookups, state, batch) -> None:
 def bench_train(config, schema, batch_size: int, repeats: int, examples: int,
                 embedding_share: bool = False) -> dict:
   model = build_model(config.model, schema)
-  params = init_params(model, schema, jax.random.key(0))
+  variables = init_variables(model, schema, jax.random.key(0))
+  params = variables["params"]
   optimizers = optim.make_optimizers(config.optimizer, params)
-  state = step.create_train_state(params, optimizers)
+  state = step.create_train_state(variables, optimizers)
   batches = random_batches(schema, batch_size, 4)
-  model_step = step.make_model_step(model, optimizers, config.optimizer.train_loss,
-                                    schema.num_domains)
+  loss = losses.resolve(config.optimizer.train_loss, schema.num_domains, schema.num_tasks)
+  model_step = step.make_model_step(model, optimizers, loss, schema.num_domains)
   start = time.perf_counter()
   compiled = jax.jit(model_step, donate_argnums=0).lower(state, batches[0]).compile()
   compile_s = time.perf_counter() - start
@@ -206,7 +217,7 @@ def measure_train_throughput(config: ml_collections.ConfigDict, batch_size: int,
 
 def bench_eval(config, schema, batch_size: int, repeats: int, examples: int) -> dict:
   model = build_model(config.model, schema)
-  params = init_params(model, schema, jax.random.key(0))
+  params = init_variables(model, schema, jax.random.key(0))
   batches = random_batches(schema, batch_size, 4)
   eval_step = jax.jit(step.make_eval_step(model))
   start = time.perf_counter()
@@ -238,8 +249,60 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n ** 3 / statistics.median(times)
 
 
+def parameter_count(config, schema) -> int:
+  """Parameters without the embedding tables."""
+  model = build_model(config.model, schema)
+  shapes = jax.eval_shape(lambda: init_variables(model, schema, jax.random.key(0)))["params"]
+  return sum(int(np.prod(leaf.shape)) for scope, tree in shapes.items()
+             if scope not in type(model).TABLE_SCOPES for leaf in jax.tree.leaves(tree))
+
+
+def compare_models(names, schema, batch_sizes, eval_sizes, repeats, examples) -> list[dict]:
+  """Every model measured in this run, one row per model."""
+  rows = []
+  for name in names:
+    config = reference_config(name)
+    row = {"model": name, "params": parameter_count(config, schema)}
+    for b in batch_sizes:
+      r = bench_train(config, schema, b, repeats, examples)
+      row[f"train_{b}"] = r["median_examples_per_s"]
+      row["flops_per_example"] = r["step_flops"] / b if r["step_flops"] else None
+      row[f"gflops_{b}"] = (r["achieved_flops_per_s"] or 0) / 1e9
+    for b in eval_sizes:
+      row[f"eval_{b}"] = bench_eval(config, schema, b, repeats, examples)["median_examples_per_s"]
+    rows.append(row)
+    print(f"  measured {name}", flush=True)
+  base = next((r for r in rows if r["model"] == "m3oe"), None)
+  sizes = [f"train_{b}" for b in batch_sizes] + [f"eval_{b}" for b in eval_sizes]
+  print("| model | params (no emb.) | train MFLOP/example | "
+        + " | ".join(s.replace("_", " ") + " ex/s" for s in sizes)
+        + " | " + " | ".join(f"GFLOP/s train {b}" for b in batch_sizes)
+        + (" | train vs M3oE" if base else "") + " |")
+  print("|---" * (3 + len(sizes) + len(batch_sizes) + bool(base)) + "|")
+  for r in rows:
+    cells = [r["model"], f"{r['params']:,}", f"{(r['flops_per_example'] or 0) / 1e6:.2f}"]
+    cells += [f"{r[s]:,.0f}" for s in sizes] + [f"{r[f'gflops_{b}']:.1f}" for b in batch_sizes]
+    if base:
+      cells.append(" / ".join(f"{r[f'train_{b}'] / base[f'train_{b}']:.2f}x"
+                              for b in batch_sizes))
+    print("| " + " | ".join(cells) + " |")
+  return rows
+
+
 def main(argv):
   del argv
+  if _MODELS.value != ["m3oe"]:
+    names = sorted(MODELS) if _MODELS.value == ["all"] else _MODELS.value
+    device = jax.devices()[0]
+    print(f"jax {jax.__version__} on {device.device_kind} x{jax.device_count()}")
+    print(f"2048^2 float32 matmul: {matmul_flops_per_s() / 1e9:.1f} GFLOP/s")
+    rows = compare_models(names, MOVIELENS_SCHEMA, [int(b) for b in _BATCH_SIZES.value],
+                          [int(b) for b in _EVAL_BATCH_SIZES.value], _REPEATS.value,
+                          _EXAMPLES.value)
+    if _JSON.value:
+      with open(_JSON.value, "w") as f:
+        json.dump(rows, f, indent=2)
+    return
   config = reference_config()
   device = jax.devices()[0]
   show_reference = _REFERENCE_COLUMNS.value == "show" or (

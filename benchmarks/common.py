@@ -13,6 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from m3oe_jax.config_utils import add_paper_training
 from m3oe_jax.data.schema import FeatureSchema
 
 MOVIELENS_SCHEMA = FeatureSchema(
@@ -24,14 +25,14 @@ MOVIELENS_SCHEMA = FeatureSchema(
 )
 
 
-def reference_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      model=dict(name="m3oe", embed_dim=16, fcn_dims=(512, 256, 256, 64),
-                 num_shared_experts=4, arch_init=1.0, gate_stop_gradient=True,
-                 embed_init_std=1e-4),
-      optimizer=dict(schedule="reference", model_lr=1e-2, arch_lr=1e-3,
-                     weight_decay=1e-5, train_loss="mdmt", arch_loss="mean",
-                     arch_every_steps=1)))
+def reference_config(model: str = "m3oe") -> ml_collections.ConfigDict:
+  """The paper's model and optimizer sections for `model`: M3oE as in the authors'
+  code, a baseline at its spec defaults with the baselines' training setup."""
+  config = ml_collections.ConfigDict()
+  add_paper_training(config, model)
+  config.model.embed_rows_multiple = 1  # the spec's unpadded tables
+  config.optimizer.arch_every_steps = 1
+  return ml_collections.ConfigDict({"model": config.model, "optimizer": config.optimizer})
 
 
 def random_rows(schema: FeatureSchema, num_rows: int,

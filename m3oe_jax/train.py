@@ -99,6 +99,7 @@ class _Logger:
 
   def __init__(self, workdir: epath.Path, total_steps: int, batch_size: int):
     self.writer = None
+    self.workdir = workdir
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter
       self.writer = SummaryWriter(str(workdir / "tensorboard"))
@@ -149,6 +150,19 @@ class _Logger:
     if self.writer is not None:
       for name, value in values.items():
         self.writer.add_scalar(name, value, step_number)
+
+  def epoch_record(self, epoch: int, step_number: int, validation: dict,
+                   diagnostics: dict) -> None:
+    """Appends the epoch's validation metrics and diagnostics to `metrics.jsonl`
+    (one JSON object per line; a rerun after a kill may repeat an epoch, and the
+    last line of an epoch is the one that counts)."""
+    if jax.process_index() != 0:
+      return
+    record = {"epoch": epoch, "step": step_number, "validation": validation,
+              "diagnostics": {k: v if isinstance(v, dict) else np.asarray(v).tolist()
+                              for k, v in diagnostics.items()}}
+    with (self.workdir / "metrics.jsonl").open("a") as f:
+      f.write(json.dumps(record) + "\n")
 
   def close(self):
     if self.writer is not None:
@@ -240,6 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("epoch %d\n%s", epoch, metrics.format_table(validation, "validation"))
     logger.scalars({**metrics.scalars(validation, "validation"),
                     **_diagnostic_scalars(diagnostics, dataset.schema)}, int(state.step))
+    logger.epoch_record(epoch, int(state.step), validation, diagnostics)
     progress.epoch, progress.batch = epoch + 1, 0
     score = validation["mean_auc"]
     if score is not None and (progress.best_metric is None or score > progress.best_metric):

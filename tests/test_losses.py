@@ -1,5 +1,6 @@
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from m3oe_jax import losses
 
@@ -33,3 +34,13 @@ def test_mean_loss_ignores_padding():
   got = losses.mean_loss(logits, labels, jnp.zeros(3, jnp.int32), mask, 1)
   np.testing.assert_allclose(got, _bce(np.asarray(logits[:2]), np.asarray(labels[:2])).mean(),
                              rtol=1e-6)
+
+
+@pytest.mark.parametrize("domains, tasks, expected", [
+    (3, 2, "mdmt"), (1, 2, "mean"), (3, 1, "mean"), (4, 2, "mean")])
+def test_reference_loss_is_grouped_only_for_three_domains_and_two_tasks(
+    domains, tasks, expected):
+  assert losses.resolve("reference", domains, tasks) == expected
+  assert losses.resolve("mean", domains, tasks) == "mean"
+  with pytest.raises(ValueError, match="config.optimizer.train_loss='sum'"):
+    losses.resolve("sum", domains, tasks, "train_loss")

@@ -58,6 +58,12 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(finished_run):
   assert f"validation/logloss/{pair}" in tags
   gate_tags = [t for t in tags if t.startswith(f"gates/{pair}/")]
   assert len(gate_tags) == config.model.m3oe.num_shared_experts
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records] == list(range(config.num_epochs))
+  assert abs(records[-1]["validation"]["mean_auc"] - tags["validation/mean_auc"][-1][1]) < 1e-6
+  assert set(records[0]["diagnostics"]["fusion_weights"]) == {"bal_d", "bal_t", "exp_d", "exp_t"}
+  assert np.asarray(records[0]["diagnostics"]["gates"]).shape == (
+      3, 2, config.model.m3oe.num_shared_experts)
 
   store = checkpoint.CheckpointStore(workdir, read_only=True)
   meta = store.read_meta("latest")
@@ -186,3 +192,18 @@ def test_sigterm_saves_the_current_step_exits_cleanly_and_resumes_exactly(
   assert not (workdir / "metrics.json").exists()
   subprocess.run(_train_command(workdir), cwd=REPO, env=ENV, check=True, capture_output=True)
   assert json.loads((workdir / "metrics.json").read_text()) == uninterrupted_metrics
+
+
+def test_a_variant_run_records_what_the_report_needs_and_reference_test_weights(tmp_path):
+  config = tiny_config(**{"variant.domains": (1,), "num_epochs": 2,
+                          "test_weights": "reference"})
+  result = train.train_and_evaluate(config, str(tmp_path))
+  saved = json.loads((tmp_path / "metrics.json").read_text())
+  assert saved["domains"] == ["synthetic_domain1"] and saved["model"] == "m3oe"
+  assert saved["variant"]["domains"] == ["synthetic_domain1"]
+  assert sorted(saved["test"]["pairs"]) == ["synthetic_domain1/synthetic_task0",
+                                           "synthetic_domain1/synthetic_task1"]
+  # No early stop in 2 epochs: the reference tests the last weights.
+  assert saved["tested_weights"] == "last"
+  assert saved["tested_step"] == checkpoint.CheckpointStore(tmp_path, read_only=True).latest_step()
+  assert result["test"] == saved["test"]

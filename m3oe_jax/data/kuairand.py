@@ -95,6 +95,9 @@ DEFAULT_SETTINGS = {
     "split": "temporal",
     "split_ratios": [8.0, 1.0, 1.0],
     "split_seed": 0,
+    # "train": vocabularies from the training rows (unseen values -> id 0);
+    # "all_rows": every value of every split gets an id (the reference code).
+    "vocabulary": "train",
     "checksum": "",  # expected archive checksum if not the official one
 }
 
@@ -360,6 +363,7 @@ def prepare_kuairand(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, *
       domain_names=tuple(f"tab{t}" for t in tabs),
       task_names=tuple(tasks),
       split=s["split"], split_ratios=tuple(s["split_ratios"]), split_seed=int(s["split_seed"]),
+      vocabulary=s["vocabulary"],
       coders=coders,
       source={**source.describe(), "files": members, "tabs": tabs,
               "tab_counts_all_rows": (tab_counts.tolist() if tab_counts is not None

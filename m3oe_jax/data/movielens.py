@@ -60,6 +60,9 @@ DEFAULT_SETTINGS = {
     "split": "temporal",
     "split_ratios": [8.0, 1.0, 1.0],
     "split_seed": 0,
+    # "train": vocabularies from the training rows (unseen values -> id 0);
+    # "all_rows": every value of every split gets an id (the reference code).
+    "vocabulary": "train",
     "checksum": "",
 }
 
@@ -242,6 +245,7 @@ def prepare_movielens(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, 
       task_names=tuple(s["tasks"]),
       split=s["split"], split_ratios=tuple(s["split_ratios"]),
       split_seed=int(s["split_seed"]),
+      vocabulary=s["vocabulary"],
       coders=coders,
       source={**source.describe(),
               "files": {"ratings": ratings_m, "users": users_m, "movies": movies_m},

@@ -15,8 +15,13 @@ module does everything else, in a way that never holds the raw logs in memory:
    configured ratios. The temporal cut points
    are found by exact selection over the spilled time column, so no sort of
    the whole data set is needed.
-4. *Vocabularies and statistics* from the training rows only; id 0 is the
-   out-of-vocabulary id of every sparse feature.
+4. *Vocabularies and statistics*: the dense statistics always from the
+   training rows only; the vocabularies from the training rows only
+   (`vocabulary='train'`, the default) or from the rows of every split
+   (`vocabulary='all_rows'`, as the authors' reference code label-encodes: a
+   value seen only in validation/test gets an id of its own, whose embedding
+   row is never trained). Id 0 is the out-of-vocabulary id of every sparse
+   feature (never produced by the prepared splits under 'all_rows').
 5. *Encode* every split into columnar `.npy` files (what training gathers
    from) and yield blocks of rows for the TFDS array_record files.
 
@@ -57,6 +62,9 @@ log = logging.getLogger("m3oe_jax.data")
 
 SPLITS = ("train", "validation", "test")
 SPLIT_KINDS = ("temporal", "random", "file_order")
+# Which rows the sparse vocabularies are built from (settings key `vocabulary`).
+VOCABULARIES = ("train", "all_rows")
+DEFAULT_VOCABULARY = "train"
 OOV_ID = 0
 # Raw code of a missing value of an integer-valued sparse feature.
 MISSING = np.iinfo(np.int64).min
@@ -80,6 +88,12 @@ def check_features_and_split(dataset: str, settings: Mapping[str, Any],
   if settings["split"] not in SPLIT_KINDS:
     raise ValueError(f"{dataset}: split must be one of {SPLIT_KINDS}, "
                      f"got {settings['split']!r}")
+  vocabulary = settings.get("vocabulary", DEFAULT_VOCABULARY)
+  if vocabulary not in VOCABULARIES:
+    raise ValueError(f"{dataset}: config.data.vocabulary must be one of {VOCABULARIES} "
+                     f"('train': ids from the training rows, unseen values share the "
+                     f"out-of-vocabulary id 0; 'all_rows': every value of every split "
+                     f"gets its own id), got {vocabulary!r}")
 
 
 class RawDataError(ValueError):
@@ -588,6 +602,7 @@ class PrepareSpec:
   split_seed: int
   coders: Mapping[str, StringCoder]  # string features' coders, by feature name
   source: Mapping[str, Any]  # provenance recorded in the schema
+  vocabulary: str = DEFAULT_VOCABULARY  # one of VOCABULARIES
 
 
 class _Spill:
@@ -827,7 +842,12 @@ def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
     else:
       raise ValueError(f"split must be one of {SPLIT_KINDS}, got {spec.split!r}")
 
-    # Vocabularies and dense statistics from the training rows only.
+    if spec.vocabulary not in VOCABULARIES:
+      raise ValueError(f"config.data.vocabulary must be one of {VOCABULARIES}, "
+                       f"got {spec.vocabulary!r}")
+    all_rows_vocab = spec.vocabulary == "all_rows"
+    # Dense statistics from the training rows only; vocabularies from the
+    # training rows ('train') or from every split's rows ('all_rows').
     uniques: list[list[np.ndarray]] = [[] for _ in range(S)]
     dmin = np.full(Q, np.inf)
     dmax = np.full(Q, -np.inf)
@@ -845,14 +865,16 @@ def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
           positives[k, :, t] += np.bincount(dom[m], weights=lab[m, t], minlength=D
                                             ).astype(np.int64)
       train = p == 0
-      if not train.any():
+      if not train.any() and not all_rows_vocab:
         continue
-      sp = np.asarray(raw["sparse"][s]).reshape(-1, S)[train]
+      sp = np.asarray(raw["sparse"][s]).reshape(-1, S)
+      if not all_rows_vocab:
+        sp = sp[train]
       for j in range(S):
         uniques[j].append(np.unique(sp[:, j]))
         if len(uniques[j]) > 16:
           uniques[j] = [np.unique(np.concatenate(uniques[j]))]
-      if Q:
+      if Q and train.any():
         de = np.asarray(raw["dense"][s]).reshape(-1, Q)[train]
         dmin = np.minimum(dmin, de.min(axis=0))
         dmax = np.maximum(dmax, de.max(axis=0))
@@ -933,6 +955,7 @@ def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
       "split": spec.split,
       "split_ratios": [float(r) for r in spec.split_ratios],
       "split_seed": int(spec.split_seed) if spec.split == "random" else None,
+      "vocabulary": spec.vocabulary,
       "num_rows": {s: c for s, c in zip(SPLITS, counts)},
       "counts": stats,
       "oov_rows": {s: {f.name: int(oov[k, j]) for j, f in enumerate(spec.sparse)}
@@ -1017,6 +1040,10 @@ def load_columnar(split_dir: str, mmap: bool) -> dict[str, np.ndarray]:
 
 
 def settings_hash(settings: Mapping[str, Any]) -> str:
+  # The default vocabulary is left out, so settings from before the
+  # `vocabulary` option keep their hash (and their prepared folder).
+  if settings.get("vocabulary", DEFAULT_VOCABULARY) == DEFAULT_VOCABULARY:
+    settings = {k: v for k, v in settings.items() if k != "vocabulary"}
   text = json.dumps(settings, sort_keys=True, default=str)
   return hashlib.sha1(text.encode()).hexdigest()[:10]
 

@@ -1,14 +1,14 @@
 """The training variants of the paper's Table 2, as views of one prepared dataset.
 
-A variant keeps a subset of the domains and of the tasks (`config.data.domains`,
-`config.data.tasks`; empty: all):
+A variant keeps a subset of the domains and of the tasks (`config.variant.domains`,
+`config.variant.tasks`; empty: all):
   one model per (domain, task)  domains=(d,), tasks=(t,)
   -MTL, one model per domain    domains=(d,)
   -MDL, one model per task      tasks=(t,)
   -MDMT, one model              (both empty)
 
 By default the splits are the prepared ones, filtered: every variant is scored
-on the same test rows. `config.data.per_variant_split=True` reproduces the
+on the same test rows. `config.variant.per_variant_split=True` reproduces the
 authors' scripts instead: their rows are filtered first and then cut 80/10/10
 in file order. That is exact when the data was split sequentially in file order
 (the builders' `reference` split), since train, validation and test then
@@ -42,13 +42,13 @@ def _resolve(wanted: Sequence, names: Sequence[str], field: str) -> list[int]:
     elif str(item).lstrip("-").isdigit():
       index = int(item)
     else:
-      raise ValueError(f"config.data.{field}: {item!r} is neither an index nor one of "
+      raise ValueError(f"config.variant.{field}: {item!r} is neither an index nor one of "
                        f"{list(names)}")
     if not 0 <= index < len(names):
-      raise ValueError(f"config.data.{field}: index {index} is out of range; the data has "
+      raise ValueError(f"config.variant.{field}: index {index} is out of range; the data has "
                        f"{len(names)}: {list(names)}")
     if index in indices:
-      raise ValueError(f"config.data.{field}: {item!r} is listed twice")
+      raise ValueError(f"config.variant.{field}: {item!r} is listed twice")
     indices.append(index)
   return indices
 
@@ -135,7 +135,7 @@ def select(dataset: Dataset, domains: Sequence = (), tasks: Sequence = (),
         true_probs[name] = dataset.true_probs[name][rows][:, task_ids]
   for name, source in splits.items():
     if len(source) == 0:
-      raise ValueError(f"config.data.domains={tuple(domains)}: the {name} split has no row "
+      raise ValueError(f"config.variant.domains={tuple(domains)}: the {name} split has no row "
                        "of these domains")
   variant = {"domains": [schema.domain_names[d] for d in domain_ids],
              "tasks": [schema.task_names[t] for t in task_ids],

@@ -23,6 +23,14 @@ from m3oe_jax.models.base import SHARED_FIELDS, RankingModel, model_options
 # name -> "module:Class". The name selects the model (`--config.model.name=mmoe`).
 MODELS = {
     "m3oe": "m3oe_jax.models.m3oe:M3oE",
+    "mlp": "m3oe_jax.models.mlp:MLPBaseline",
+    "star": "m3oe_jax.models.star:STAR",
+    "adatt": "m3oe_jax.models.adatt:AdaTT",
+    "adatt_sp": "m3oe_jax.models.adatt:AdaTTSp",
+    "m2m": "m3oe_jax.models.m2m:M2M",
+    "mmoe": "m3oe_jax.models.mmoe:MMoE",
+    "ple": "m3oe_jax.models.ple:PLE",
+    "shared_bottom": "m3oe_jax.models.shared_bottom:SharedBottom",
 }
 
 ARCH_GROUP = "arch"

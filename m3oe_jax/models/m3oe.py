@@ -1,4 +1,4 @@
-"""M3oE, equation by equation as in ../shared/spec/m3oe_model.md.
+"""M3oE, equation by equation as in the authors' code (docs/models.md).
 
 Parameter tree (flattened with '/', these are the spec's section-7 names):
   embedding/<feature>, star/*, star_mlp/*, skip/*, shared_experts/layer<k>/*,
