@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import pathlib
 import shutil
 import sys

@@ -150,7 +150,8 @@ class CheckpointStore:
     return restored["state"], Progress(**meta["progress"]), meta
 
 
-def load_params(workdir: str | epath.PathLike, which: str = "best", step: int | None = None):
+def load_params(workdir: str | epath.PathLike, which: str = "best", step: int | None = None,
+                shardings=None):
   """Variables (`params`, `batch_stats`), schema and config of a run, on one
   device, without its mesh.
 
@@ -158,20 +159,50 @@ def load_params(workdir: str | epath.PathLike, which: str = "best", step: int | 
   `build_model(config.model, schema).apply(variables, batch)`. Any
   mesh, device count or process count may have written the checkpoint. `step`
   picks one of the kept `which` checkpoints (default: the newest).
+
+  Only `params` and `batch_stats` are read (an orbax partial restore): the
+  optimizer moments and the step stay on disk, so a load needs about the
+  parameters' bytes of host memory, not three times them.
+
+  `shardings` (for `m3oe_jax.evaluate` on a mesh): a function from the tree of
+  `jax.ShapeDtypeStruct`s of the variables to lay out to a matching tree of
+  shardings; by default every array goes to this process's first device.
   """
-  store = CheckpointStore(workdir, read_only=True)
-  mngr = store.latest if which == "latest" else store.best
+  root = epath.Path(workdir) / "checkpoints"
+  if which not in ("best", "latest"):
+    raise ValueError(f"which={which!r}: expected 'best' or 'latest'")
+  if not (root / which).exists():
+    raise FileNotFoundError(f"no {which} checkpoint under {root} (no such directory)")
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                         enable_async_checkpointing=False)
+  handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  mngr = ocp.CheckpointManager(root / which, options=options, item_handlers=handlers)
+  kept = list(mngr.all_steps())
   step = mngr.latest_step() if step is None else step
-  if step is None or step not in mngr.all_steps():
+  if step is None or step not in kept:
     raise FileNotFoundError(f"no {which} checkpoint{'' if step is None else f' {step}'} "
-                            f"under {store.root} (kept: {mngr.all_steps()})")
+                            f"under {root} (kept: {kept})")
   metadata = mngr.item_metadata(step)["state"]
+  metadata = getattr(metadata, "tree", metadata)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   # The saved shardings name the writer's devices; lay every array out on ours.
+  # Only the subtrees named here are read; an empty one (no BatchNorm) has no leaves.
+  wanted = {k: metadata[k] for k in ("params", "batch_stats")
+            if k in metadata and jax.tree.leaves(metadata[k])}
   target = jax.tree.map(
-      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), metadata)
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), wanted)
+  if shardings is not None:
+    target = jax.tree.map(
+        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+        target, shardings(target))
+  restore_args = jax.tree.map(
+      lambda leaf: ocp.ArrayRestoreArgs(sharding=leaf.sharding, global_shape=leaf.shape,
+                                        dtype=leaf.dtype), target)
   restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+      state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                   partial_restore=True),
+      meta=ocp.args.JsonRestore()))
+  mngr.close()
   meta = restored["meta"]
   config = ml_collections.ConfigDict(meta["config"])
   state = restored["state"]

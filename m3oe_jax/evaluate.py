@@ -1,11 +1,13 @@
 """Evaluates a run's checkpoint on any mesh: `python -m m3oe_jax.evaluate --workdir=DIR`.
 
 Reads the config and feature schema saved with the checkpoint, prepares the same
-data, restores the parameters onto a mesh of this job's devices (whatever mesh,
-device count and process count wrote them) and prints AUC and logloss per
-(domain, task) over the whole split. Every process computes the same figures
-from every process's rows. Takes the same --distributed flags as
-m3oe_jax.train.
+data, restores only the variables (parameters and BatchNorm statistics; never
+the optimizer states, see `checkpoint.load_params`) onto a mesh of this job's
+devices (whatever mesh, device count and process count wrote them) and prints
+AUC and logloss per (domain, task) over the whole split. Needs neither an
+optimizer nor a train step: only the model and its jitted eval step. Every
+process computes the same figures from every process's rows. Takes the same
+--distributed flags as m3oe_jax.train.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from etils import epath
 
 from m3oe_jax import checkpoint, cli, metrics, sharding
 from m3oe_jax.data import FeatureSchema, load_dataset
-from m3oe_jax.trainer import Trainer
+from m3oe_jax.trainer import Evaluator
 
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint.")
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
@@ -37,6 +39,8 @@ def evaluate_checkpoint(workdir: str, split: str = "test", which: str = "best",
   `mesh` overrides fields of the saved config's mesh section (data, model,
   embedding_axis); by default the data axis spans every device.
   """
+  if not (epath.Path(workdir) / "checkpoints" / which).exists():
+    raise FileNotFoundError(f"no {which} checkpoint under {epath.Path(workdir) / 'checkpoints'}")
   store = checkpoint.CheckpointStore(workdir, read_only=True)
   if store.latest_step(which) is None:
     raise FileNotFoundError(f"no {which} checkpoint under {store.root}")
@@ -51,9 +55,9 @@ def evaluate_checkpoint(workdir: str, split: str = "test", which: str = "best",
                      f"{dataset.schema.model_signature()}")
   if split not in dataset.splits:
     raise ValueError(f"--split={split!r}: the data has splits {sorted(dataset.splits)}")
-  trainer = Trainer(config, dataset, sharding.make_mesh(config.mesh))
-  state, _, _ = store.restore(which, trainer.abstract_state())
-  result, _ = trainer.evaluate(state.variables(), split)
+  evaluator = Evaluator(config, dataset, sharding.make_mesh(config.mesh))
+  variables, _, _ = checkpoint.load_params(workdir, which, shardings=evaluator.shardings)
+  result, _ = evaluator.evaluate(variables, split)
   return result
 
 

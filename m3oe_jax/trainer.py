@@ -1,4 +1,6 @@
-"""The jitted steps of a run, bound to its model, mesh and data, and its evaluation."""
+"""A run's model on its mesh: `Evaluator` (the jitted eval step and the global
+evaluation of a split) and `Trainer` (an Evaluator plus the optimizers, the train
+state and the jitted train and architecture steps)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from m3oe_jax.models import build_model, init_variables
 from m3oe_jax.models.base import per_domain_means
 
 
-class Trainer:
-  """The jitted steps of one run, bound to its model, mesh and data."""
+class Evaluator:
+  """The model of a run and its jitted eval step on a mesh; no optimizer."""
 
   def __init__(self, config, dataset: pipeline.Dataset, mesh):
     self.config = config
@@ -22,98 +24,27 @@ class Trainer:
     self.schema = dataset.schema
     self.mesh = mesh
     self.model = build_model(config.model, self.schema)
-    for name in ("batch_size", "eval_batch_size"):
-      sharding.check_batch_size(int(config[name]), mesh, name)
+    sharding.check_batch_size(int(config.eval_batch_size), mesh, "eval_batch_size")
     sharding.check_table_rows(int(config.model.get("embed_rows_multiple", 1)), mesh,
                               config.mesh.embedding_axis)
-
-    variables_shape = jax.eval_shape(
+    self.variables_shape = jax.eval_shape(
         lambda rng: init_variables(self.model, self.schema, rng), jax.random.key(0))
-    tables = type(self.model).TABLE_SCOPES
-    sharding.check_tables_found(variables_shape["params"], config.mesh.embedding_axis, tables,
-                                config.model.name)
-    steps_per_epoch = pipeline.num_batches(len(dataset.splits["train"]), config.batch_size)
-    self.optimizers = optim.make_optimizers(config.optimizer, variables_shape["params"],
-                                            steps_per_epoch)
-    self.schedule = self.optimizers.schedule
-    if self.schedule != config.optimizer.schedule:
-      logging.info("model %r has no architecture weights: bilevel schedule %r, not %r",
-                   config.model.name, self.schedule, config.optimizer.schedule)
-    self.state_shape = jax.eval_shape(
-        lambda v: step.create_train_state(v, self.optimizers), variables_shape)
-    self.state_sharding = sharding.state_shardings(self.state_shape, mesh,
-                                                   config.mesh.embedding_axis, tables)
-    self.variables_sharding = {"params": self.state_sharding.params,
-                               "batch_stats": self.state_sharding.batch_stats}
-    rows = sharding.batch_sharding(mesh)
-    num_domains, num_tasks = self.schema.num_domains, self.schema.num_tasks
-    train_loss = losses.resolve(config.optimizer.train_loss, num_domains, num_tasks,
-                                "train_loss")
-    arch_loss = losses.resolve(config.optimizer.arch_loss, num_domains, num_tasks, "arch_loss")
-    self.model_step = jax.jit(
-        step.make_model_step(self.model, self.optimizers, train_loss, num_domains),
-        in_shardings=(self.state_sharding, rows),
-        out_shardings=(self.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
-    self.arch_step = jax.jit(
-        step.make_arch_step(self.model, self.optimizers, arch_loss, num_domains),
-        in_shardings=(self.state_sharding, rows),
-        out_shardings=(self.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    self.tables = type(self.model).TABLE_SCOPES
+    sharding.check_tables_found(self.variables_shape["params"], config.mesh.embedding_axis,
+                                self.tables, config.model.name)
+    self.variables_sharding = self.shardings(self.variables_shape)
     self.eval_step = jax.jit(step.make_eval_step(self.model),
-                             in_shardings=(self.variables_sharding, rows))
-    self._check_memory_budget(int(config.mesh.get("device_memory_budget_bytes", 0)))
+                             in_shardings=(self.variables_sharding,
+                                           sharding.batch_sharding(mesh)))
 
-  def _check_memory_budget(self, budget: int) -> None:
-    """Logs the per-device footprint; refuses a step that needs more than `budget`
-    bytes of one device (0: no budget), before any array is allocated."""
-    state_bytes = sharding.bytes_per_device(self.state_shape, self.state_sharding)
-    logging.info("train state: %.1f MiB per device", state_bytes / 2**20)
-    if budget <= 0:
-      return
-    batch = {k: jax.ShapeDtypeStruct((self.config.batch_size,) + v.shape[1:], v.dtype)
-             for k, v in self.dataset.splits["train"].take(np.arange(1)).items()}
-    batch["mask"] = jax.ShapeDtypeStruct((self.config.batch_size,), np.float32)
-    compiled = self.model_step.lower(self.state_shape, batch).compile()
-    self.model_step = compiled  # every train batch has this shape: no second compile
-    needed = sharding.compiled_bytes_per_device(compiled) or state_bytes
-    logging.info("train step: %.1f MiB per device (budget %.1f MiB)", needed / 2**20,
-                 budget / 2**20)
-    if needed > budget:
-      raise ValueError(
-          f"the train step needs {needed:,} bytes per device (its train state alone "
-          f"{state_bytes:,}), over config.mesh.device_memory_budget_bytes={budget:,}. "
-          "Row-shard the embedding tables over more devices (config.mesh.embedding_axis "
-          "and the size of that axis) or shrink the batch.")
-
-  def abstract_state(self):
-    """Shapes, dtypes and shardings of the train state: a target to restore into."""
-    return jax.tree.map(
-        lambda leaf, leaf_sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                                         sharding=leaf_sharding),
-        self.state_shape, self.state_sharding)
-
-  def initial_state(self, seed: int):
-
-    def init(rng):
-      return step.create_train_state(init_variables(self.model, self.schema, rng),
-                                     self.optimizers)
-
-    return jax.jit(init, out_shardings=self.state_sharding)(jax.random.key(seed))
+  def shardings(self, tree_shape):
+    """A sharding per leaf: tables row-sharded over the embedding axis, the rest
+    replicated."""
+    return sharding.state_shardings(tree_shape, self.mesh, self.config.mesh.embedding_axis,
+                                    self.tables)
 
   def put(self, batch):
     return sharding.put_batch(batch, self.mesh)
-
-  def train_batch(self, position: int):
-    return self.put(pipeline.shuffled_batch(
-        self.dataset.splits["train"], self.config.batch_size, self.config.seed, position,
-        jax.process_index(), jax.process_count()))
-
-  def arch_batch(self, arch_steps: int):
-    """The architecture step's batch: training data for reference/paper, validation
-    data for darts, each from a stream of its own."""
-    split = "validation" if self.schedule == "darts" else "train"
-    return self.put(pipeline.shuffled_batch(
-        self.dataset.splits[split], self.config.batch_size, self.config.seed + 1,
-        arch_steps, jax.process_index(), jax.process_count()))
 
   def evaluate(self, variables, split: str) -> tuple[dict, dict]:
     """Metrics over the whole split, from every process's rows, identical on all
@@ -148,3 +79,85 @@ class Trainer:
     diagnostics.update({name: {k: float(v) for k, v in values.items()}
                         for name, values in scalars.items()})
     return result, diagnostics
+
+
+class Trainer(Evaluator):
+  """An Evaluator plus the optimizers, train state and jitted steps of one run."""
+
+  def __init__(self, config, dataset: pipeline.Dataset, mesh):
+    sharding.check_batch_size(int(config.batch_size), mesh, "batch_size")
+    super().__init__(config, dataset, mesh)
+    variables_shape = self.variables_shape
+    steps_per_epoch = pipeline.num_batches(len(dataset.splits["train"]), config.batch_size)
+    self.optimizers = optim.make_optimizers(config.optimizer, variables_shape["params"],
+                                            steps_per_epoch)
+    self.schedule = self.optimizers.schedule
+    if self.schedule != config.optimizer.schedule:
+      logging.info("model %r has no architecture weights: bilevel schedule %r, not %r",
+                   config.model.name, self.schedule, config.optimizer.schedule)
+    self.state_shape = jax.eval_shape(
+        lambda v: step.create_train_state(v, self.optimizers), variables_shape)
+    self.state_sharding = self.shardings(self.state_shape)
+    self._init = jax.jit(
+        lambda rng: step.create_train_state(init_variables(self.model, self.schema, rng),
+                                            self.optimizers),
+        out_shardings=self.state_sharding)
+    rows = sharding.batch_sharding(mesh)
+    num_domains, num_tasks = self.schema.num_domains, self.schema.num_tasks
+    train_loss = losses.resolve(config.optimizer.train_loss, num_domains, num_tasks,
+                                "train_loss")
+    arch_loss = losses.resolve(config.optimizer.arch_loss, num_domains, num_tasks, "arch_loss")
+    self.model_step = jax.jit(
+        step.make_model_step(self.model, self.optimizers, train_loss, num_domains),
+        in_shardings=(self.state_sharding, rows),
+        out_shardings=(self.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    self.arch_step = jax.jit(
+        step.make_arch_step(self.model, self.optimizers, arch_loss, num_domains),
+        in_shardings=(self.state_sharding, rows),
+        out_shardings=(self.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    self._check_memory_budget(int(config.mesh.get("device_memory_budget_bytes", 0)))
+
+  def _check_memory_budget(self, budget: int) -> None:
+    """Logs the per-device footprint; refuses a step that needs more than `budget`
+    bytes of one device (0: no budget), before any array is allocated."""
+    state_bytes = sharding.bytes_per_device(self.state_shape, self.state_sharding)
+    logging.info("train state: %.1f MiB per device", state_bytes / 2**20)
+    if budget <= 0:
+      return
+    batch = {k: jax.ShapeDtypeStruct((self.config.batch_size,) + v.shape[1:], v.dtype)
+             for k, v in self.dataset.splits["train"].take(np.arange(1)).items()}
+    batch["mask"] = jax.ShapeDtypeStruct((self.config.batch_size,), np.float32)
+    compiled = self.model_step.lower(self.state_shape, batch).compile()
+    self.model_step = compiled  # every train batch has this shape: no second compile
+    needed = sharding.compiled_bytes_per_device(compiled) or state_bytes
+    logging.info("train step: %.1f MiB per device (budget %.1f MiB)", needed / 2**20,
+                 budget / 2**20)
+    if needed > budget:
+      raise ValueError(
+          f"the train step needs {needed:,} bytes per device (its train state alone "
+          f"{state_bytes:,}), over config.mesh.device_memory_budget_bytes={budget:,}. "
+          "Row-shard the embedding tables over more devices (config.mesh.embedding_axis "
+          "and the size of that axis) or shrink the batch.")
+
+  def abstract_state(self):
+    """Shapes, dtypes and shardings of the train state: a target to restore into."""
+    return jax.tree.map(
+        lambda leaf, leaf_sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                         sharding=leaf_sharding),
+        self.state_shape, self.state_sharding)
+
+  def initial_state(self, seed: int):
+    return self._init(jax.random.key(seed))
+
+  def train_batch(self, position: int):
+    return self.put(pipeline.shuffled_batch(
+        self.dataset.splits["train"], self.config.batch_size, self.config.seed, position,
+        jax.process_index(), jax.process_count()))
+
+  def arch_batch(self, arch_steps: int):
+    """The architecture step's batch: training data for reference/paper, validation
+    data for darts, each from a stream of its own."""
+    split = "validation" if self.schedule == "darts" else "train"
+    return self.put(pipeline.shuffled_batch(
+        self.dataset.splits[split], self.config.batch_size, self.config.seed + 1,
+        arch_steps, jax.process_index(), jax.process_count()))

@@ -64,7 +64,7 @@ class RankingModel(nn.Module):
     return Embeddings(self.feature_names, self.vocab_sizes, self.embed_dim,
                       self.embed_init_std, self.embed_rows_multiple, **kwargs)
 
-  def embed(self, batch) -> "jax.Array":
+  def embed(self, batch):
     """x = concat(table lookups, dense values) [B, F], from a compact `__call__`."""
     return self.embeddings(name="embedding")(batch["sparse"], batch["dense"])
 
