@@ -1,0 +1,260 @@
+"""Exports a trained model for serving: `python -m m3oe_jax.export --workdir=DIR --out=DIR`.
+
+Writes two files into `--out`:
+
+  predict.jaxexport  `jax.export.export(jax.jit(predict)).serialize()`: a
+                     StableHLO module of `predict(batch) -> probabilities [b, T]`
+                     with the checkpoint's variables baked in as constants and a
+                     symbolic batch size `b`. `batch` is the model interface's
+                     dict {'sparse': int32 [b, S], 'dense': float32 [b, Q],
+                     'domain': int32 [b]} of MODEL ids and scaled dense values.
+                     Serve it with jax alone (no m3oe_jax, no flax):
+
+                       exp = jax.export.deserialize(bytearray(open(path, 'rb').read()))
+                       probs = exp.call({'sparse': ..., 'dense': ..., 'domain': ...})
+
+  schema.json        what turns raw rows into that batch: per sparse feature its
+                     vocabulary (raw value -> model id) and out-of-vocabulary id,
+                     per dense feature its transform and min-max scaling, the
+                     domain and task names (model domain id = position), the
+                     input and output shapes, and the feature schema itself.
+                     For synthetic data the ids already are model ids
+                     (`"ids": "model_ids"`, no vocabularies).
+
+The vocabularies are those the data was prepared with
+(`<prepared dir>/vocab/<feature>.npy`, position i holding the raw value of model
+id i + 1; id 0 is the OOV id); they are found from the checkpoint's data config
+(`--data_dir` overrides where the prepared data lives).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+PREDICT_FILE = "predict.jaxexport"
+SCHEMA_FILE = "schema.json"
+
+# How each prepared dataset transforms a dense value before its min-max scaling.
+_DENSE_TRANSFORMS = {
+    "movielens": "identity",
+    "kuairand": "log1p_of_nonnegative",  # log1p(max(x, 0))
+}
+
+
+def make_predict(model, variables):
+  """predict(batch) -> probabilities [B, T]: eval mode, `variables` closed over."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def predict(batch):
+    full = {"sparse": batch["sparse"], "dense": batch["dense"], "domain": batch["domain"],
+            "mask": jnp.ones(batch["domain"].shape, jnp.float32)}
+    logits, _ = model.apply(variables, full, train=False)
+    return jax.nn.sigmoid(logits)
+
+  return predict
+
+
+def export_predict(model, variables, schema, platforms: tuple[str, ...] | None = None):
+  """The `jax.export.Exported` predict function with a symbolic batch size."""
+  import jax  # pylint: disable=g-import-not-at-top
+  b, = jax.export.symbolic_shape("b")
+  spec = {
+      "sparse": jax.ShapeDtypeStruct((b, schema.num_sparse), np.int32),
+      "dense": jax.ShapeDtypeStruct((b, schema.num_dense), np.float32),
+      "domain": jax.ShapeDtypeStruct((b,), np.int32),
+  }
+  variables = jax.device_get(variables)  # constants, whatever device they were on
+  fn = jax.jit(make_predict(model, variables))
+  return jax.export.export(fn, platforms=platforms)(spec)
+
+
+def _dense_transform(dataset: str) -> str:
+  for prefix, transform in _DENSE_TRANSFORMS.items():
+    if dataset.startswith(prefix):
+      return transform
+  return "unknown"
+
+
+def _vocab_dir(config, data_dir: str | None) -> str:
+  from m3oe_jax.data import raw_common as rc  # pylint: disable=g-import-not-at-top
+  from m3oe_jax.data import tfds_loader  # pylint: disable=g-import-not-at-top
+  data_config = config.data
+  if data_dir:
+    data_config = data_config.copy_and_resolve_references()
+    data_config.data_dir = data_dir
+  builder = tfds_loader.make_builder(data_config)
+  return os.path.join(os.fspath(builder.data_path), rc.VOCAB_DIR)
+
+
+def read_vocabularies(config, schema, data_dir: str | None = None) -> dict[str, np.ndarray]:
+  """{feature: raw values}, model id of values[i] being i + 1, from the prepared data."""
+  path = _vocab_dir(config, data_dir)
+  vocabs = {}
+  for name, size in zip(schema.sparse_names, schema.vocab_sizes):
+    file = os.path.join(path, name + ".npy")
+    if not os.path.exists(file):
+      raise FileNotFoundError(
+          f"no vocabulary {file} for sparse feature {name!r}: the prepared data of the "
+          "checkpoint's config is not here; prepare it (python -m m3oe_jax.data.tfds_loader "
+          "--config=...) or pass --data_dir=<where it was prepared>")
+    values = np.load(file, allow_pickle=False)
+    if len(values) + 1 != size:
+      raise ValueError(f"{file}: {len(values)} values + the OOV id, but the checkpoint's "
+                       f"schema has vocab size {size} for {name!r}; the prepared data no "
+                       "longer matches the checkpoint")
+    vocabs[name] = values
+  return vocabs
+
+
+def _raw_key(value) -> str:
+  return str(value.item() if isinstance(value, np.generic) else value)
+
+
+def serving_schema(config, schema, *, which: str, step: int | None,
+                   data_dir: str | None = None) -> dict[str, Any]:
+  """The contents of schema.json (see the module doc)."""
+  source = dict(schema.source)
+  b = "b"
+  out: dict[str, Any] = {
+      "version": SCHEMA_VERSION,
+      "model": config.model.name,
+      "checkpoint": {"which": which, "step": step},
+      "inputs": {
+          "sparse": {"dtype": "int32", "shape": [b, schema.num_sparse],
+                     "columns": list(schema.sparse_names)},
+          "dense": {"dtype": "float32", "shape": [b, schema.num_dense],
+                    "columns": list(schema.dense_names)},
+          "domain": {"dtype": "int32", "shape": [b], "values": list(schema.domain_names)},
+      },
+      "outputs": {"probabilities": {"dtype": "float32", "shape": [b, schema.num_tasks],
+                                    "columns": list(schema.task_names)}},
+      "domains": list(schema.domain_names),
+      "tasks": list(schema.task_names),
+      "feature_schema": json.loads(schema.to_json()),
+  }
+  if config.data.name == "synthetic":
+    out["ids"] = "model_ids"
+    out["note"] = ("synthetic data: the sparse ids are already model ids in [0, vocab_size) "
+                   "and the dense values are fed as they are; there are no vocabularies")
+    out["oov_id"] = None
+    out["sparse_features"] = [{"name": n, "vocab_size": v, "oov_id": None, "vocabulary": None}
+                              for n, v in zip(schema.sparse_names, schema.vocab_sizes)]
+    out["dense_features"] = [{"name": n, "transform": "identity", "scaling": None}
+                             for n in schema.dense_names]
+    return out
+  oov = int(source.get("oov_id", 0))
+  vocabs = read_vocabularies(config, schema, data_dir)
+  out["ids"] = "vocabulary"
+  # The raw value of a sparse feature named 'domain' is the domain's index among
+  # the prepared data's domains (a variant run may keep, and renumber, fewer).
+  out["prepared_domains"] = list(source.get("counts", {}).get("train", {})) or list(
+      schema.domain_names)
+  out["note"] = ("map each raw sparse value through its feature's vocabulary; a value not "
+                 "in it gets the feature's oov_id. Dense: x -> (transform(x) - min) / span "
+                 "with span = max - min (1 where max == min)")
+  out["oov_id"] = oov
+  out["sparse_features"] = [
+      {"name": n, "vocab_size": int(v), "oov_id": oov,
+       "value_kind": "str" if vocabs[n].dtype.kind in "US" else "int",
+       "vocabulary": {_raw_key(x): i + 1 for i, x in enumerate(vocabs[n].tolist())}}
+      for n, v in zip(schema.sparse_names, schema.vocab_sizes)]
+  transform = _dense_transform(str(source.get("dataset", config.data.name)))
+  dense = []
+  for n in schema.dense_names:
+    lo, hi = float(source["dense_min"][n]), float(source["dense_max"][n])
+    dense.append({"name": n, "transform": transform,
+                  "scaling": {"kind": "min_max", "min": lo, "max": hi,
+                              "span": hi - lo if hi > lo else 1.0}})
+  out["dense_features"] = dense
+  return out
+
+
+def encode_rows(serving: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+  """The model batch of raw rows ({feature: raw value, dense name: raw value,
+  'domain': domain name or id}) through the schema.json vocabularies; unseen
+  values get the OOV id. A sparse feature named 'domain' takes the row's
+  'domain' (a name is turned into its prepared index). Uses numpy only, like a
+  serving client would."""
+  sparse = np.zeros((len(rows), len(serving["sparse_features"])), np.int32)
+  for j, f in enumerate(serving["sparse_features"]):
+    for i, row in enumerate(rows):
+      value = row[f["name"]]
+      if f["name"] == "domain" and str(value) in serving.get("prepared_domains", ()):
+        value = serving["prepared_domains"].index(str(value))  # a domain given by name
+      if f["vocabulary"] is None:
+        sparse[i, j] = int(value)
+      else:
+        sparse[i, j] = f["vocabulary"].get(_raw_key(value), f["oov_id"])
+  dense = np.zeros((len(rows), len(serving["dense_features"])), np.float32)
+  for j, f in enumerate(serving["dense_features"]):
+    for i, row in enumerate(rows):
+      x = float(row[f["name"]])
+      if f["transform"] == "log1p_of_nonnegative":
+        x = float(np.log1p(max(x, 0.0)))
+      if f["scaling"]:
+        x = (x - f["scaling"]["min"]) / f["scaling"]["span"]
+      dense[i, j] = x
+  domains = serving["domains"]
+  domain = np.array([domains.index(str(r["domain"])) if str(r["domain"]) in domains
+                     else int(r["domain"]) for r in rows], np.int32)
+  return {"sparse": sparse, "dense": dense, "domain": domain}
+
+
+def export_checkpoint(workdir: str, out: str, which: str = "best",
+                      platforms: tuple[str, ...] | None = None,
+                      data_dir: str | None = None) -> dict[str, str]:
+  """Writes predict.jaxexport and schema.json of `workdir`'s checkpoint into `out`."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  from m3oe_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from m3oe_jax.models import build_model  # pylint: disable=g-import-not-at-top
+  root = epath.Path(workdir) / "checkpoints" / which
+  steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
+  if not steps:
+    raise FileNotFoundError(f"no {which} checkpoint under {epath.Path(workdir) / 'checkpoints'}"
+                            f": nothing to export (train first, or pick --which=latest)")
+  variables, schema, config = checkpoint.load_params(workdir, which)
+  step = checkpoint.CheckpointStore(workdir, read_only=True).latest_step(which)
+  model = build_model(config.model, schema)
+  serving = serving_schema(config, schema, which=which, step=step, data_dir=data_dir)
+  exported = export_predict(model, variables, schema, platforms)
+  serving["platforms"] = list(exported.platforms)
+  blob = exported.serialize()
+  os.makedirs(out, exist_ok=True)
+  paths = {"predict": os.path.join(out, PREDICT_FILE), "schema": os.path.join(out, SCHEMA_FILE)}
+  with open(paths["predict"], "wb") as f:
+    f.write(blob)
+  with open(paths["schema"], "w") as f:
+    json.dump(serving, f, indent=1, sort_keys=False)
+  return paths
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  del argv
+  f = flags.FLAGS
+  platforms = tuple(p for p in f.platforms.split(",") if p) or None
+  try:
+    paths = export_checkpoint(f.workdir, f.out, f.which, platforms, f.data_dir or None)
+  except FileNotFoundError as e:
+    raise SystemExit(f"export: {e}") from None
+  print(f"wrote {paths['predict']} and {paths['schema']}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("workdir", None, "The run's workdir.")
+  flags.DEFINE_string("out", None, "Where to write predict.jaxexport and schema.json.")
+  flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint.")
+  flags.DEFINE_string("platforms", "", "Comma-separated platforms to lower for "
+                      "(cpu, cuda, tpu); empty: this machine's default backend.")
+  flags.DEFINE_string("data_dir", "", "Where the data was prepared, if not the "
+                      "checkpoint's config.data.data_dir (for the vocabularies).")
+  flags.mark_flags_as_required(["workdir", "out"])
+  app.run(main)

@@ -1,0 +1,111 @@
+"""Writes the Table 2 report of a sweep (or of any run workdirs).
+
+  python -m m3oe_jax.report --workdir=SWEEP_DIR [--workdir=MORE ...] [--out=DIR]
+
+Into --out (default: <first workdir>/report): `report.md` (run status, the table,
+M3oE's significance test, the paper's table for reference, the figures),
+`table2.csv` (long format, 0-1 scale), `table2.tex`, `runs.csv` (every run and its
+status), `report.json` and `plots/*.png`. The Markdown is also printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import pathlib
+import sys
+
+from m3oe_jax.report import paper, plots, tables
+from m3oe_jax.report.collect import ReportError, RunInfo, collect, status_counts
+
+
+def runs_csv(runs: list[RunInfo]) -> str:
+  out = io.StringIO()
+  writer = csv.writer(out)
+  writer.writerow(["name", "model", "kind", "seed", "domains", "tasks", "status",
+                   "test_mean_auc", "workdir", "error"])
+  for r in runs:
+    auc = (r.metrics or {}).get("test", {}).get("mean_auc")
+    writer.writerow([r.name, r.model, r.kind, r.seed, " ".join(map(str, r.domains)),
+                     " ".join(map(str, r.tasks)), r.status, "" if auc is None else repr(auc),
+                     str(r.workdir), r.error or ""])
+  return out.getvalue()
+
+
+def _status_section(runs: list[RunInfo]) -> str:
+  counts = status_counts(runs)
+  lines = [f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + "."]
+  pending = [r for r in runs if r.status != "finished"]
+  if pending:
+    lines += ["", "| run | status | workdir | error |", "|---|---|---|---|"]
+    for r in pending:
+      error = (r.error or "").splitlines()[0][:200] if r.error else ""
+      lines.append(f"| {r.name} | {r.status} | {r.workdir} | {error.replace('|', '/')} |")
+    lines += ["", "running: the workdir exists without metrics.json (training, or interrupted: "
+              "rerun the sweep to resume); missing: no workdir; failed: recorded as failed in "
+              "sweep.json (its error is in sweep.json)."]
+  return "\n".join(lines)
+
+
+def _paper_section(data: str | None) -> str:
+  datasets = [data] if data in paper.TABLE2 else list(paper.TABLE2)
+  parts = [f"Source: {paper.SOURCE}.", ""]
+  parts += [paper.markdown(d) + "\n" for d in datasets]
+  parts += ["Notes:"] + [f"- {n}" for n in paper.NOTES]
+  return "\n".join(parts)
+
+
+def write_report(workdirs: list[str], out: str | None = None) -> dict:
+  """Collects the runs, writes every output; returns {"markdown", "table", "files"}."""
+  runs, sweeps = collect(workdirs)
+  out_dir = pathlib.Path(out) if out else pathlib.Path(workdirs[0]) / "report"
+  out_dir.mkdir(parents=True, exist_ok=True)
+  table = tables.build_table(runs)
+  figures = plots.all_plots(table, runs, out_dir / "plots")
+  sources = ", ".join(str(w) for w in workdirs)
+  configs = ", ".join(s.get("config", "") for s in sweeps if s.get("config"))
+  sections = [
+      "# Table 2 report", "",
+      f"Runs from {sources}" + (f" (sweep {configs})" if configs else "")
+      + f"; data: {table.data or 'unknown'}.", "",
+      "## Runs", "", _status_section(runs), "",
+      "## Table 2: test AUC per (domain, task), overall AUC and LogLoss", "",
+      tables.markdown(table), "",
+  ]
+  if table.warnings:
+    sections += ["Warnings:"] + [f"- {w}" for w in table.warnings] + [""]
+  sections += ["## M3oE against the best baseline", "", tables.significance_markdown(table), "",
+               "## Figures", ""]
+  sections += [f"![{p.stem}](plots/{p.name})" for p in figures] or ["(no data to plot)"]
+  sections += ["", "## Reference: the paper's Table 2", "", _paper_section(table.data), ""]
+  markdown = "\n".join(sections)
+  files = {"report.md": markdown, "table2.csv": tables.csv_text(table),
+           "table2.tex": tables.latex(table), "runs.csv": runs_csv(runs),
+           "report.json": json.dumps({"table": tables.as_dict(table),
+                                      "runs": status_counts(runs)}, indent=2)}
+  for name, text in files.items():
+    (out_dir / name).write_text(text)
+  return {"markdown": markdown, "table": table, "runs": runs, "out": out_dir,
+          "files": [out_dir / n for n in files] + figures}
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m m3oe_jax.report",
+      description="Table 2 report of a sweep directory or of run workdirs.")
+  parser.add_argument("--workdir", action="append", required=True,
+                      help="a sweep directory (with sweep.json), a run's workdir, or a "
+                      "directory holding run workdirs; repeatable")
+  parser.add_argument("--out", default=None,
+                      help="output directory (default: <first workdir>/report)")
+  args = parser.parse_args(argv)
+  try:
+    result = write_report(args.workdir, args.out)
+  except ReportError as e:
+    print(f"m3oe_jax.report: error: {e}", file=sys.stderr)
+    return 2
+  print(result["markdown"])
+  print(f"\nwrote {result['out']}: " + ", ".join(p.name for p in result["files"]))
+  return 0
