@@ -111,10 +111,10 @@ def param_groups(params) -> Any:
 
 
 def export_weights(params, schema: FeatureSchema | None = None) -> dict[str, np.ndarray]:
-  """The parameters as a flat {'a/b/c': array} mapping (spec section 7 names).
+  """The parameters as a flat {'a/b/c': array} mapping (the authors' weight names).
 
   With `schema`, each embedding table is cut to its vocabulary (its padding rows,
-  see `model.embed_rows_multiple`, dropped), giving the spec's shapes.
+  see `model.embed_rows_multiple`, dropped), giving the authors' shapes.
   """
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
   named = {name: np.asarray(value) for name, value in flat.items()}

@@ -1,4 +1,4 @@
-"""AdaTT and AdaTT-sp (adaptive task-to-task fusion), spec baselines.md section 4.6.
+"""AdaTT and AdaTT-sp (adaptive task-to-task fusion) (docs/models.md).
 
 Every (domain, task) pair (d, t) is one of the G = D*T "tasks" of the fusion
 network; each owns a module of `num_task_experts` (m) experts, and AdaTT adds one

@@ -76,41 +76,61 @@ BATCH_NORM_EPSILON = 1e-5
 BATCH_NORM_MOMENTUM = 0.1  # torch's convention: new = (1 - m) * old + m * batch
 
 
-def batch_norm(module: nn.Module, y: jax.Array, mask: jax.Array | None,
-               use_running_average: bool) -> jax.Array:
-  """torch.nn.BatchNorm1d over the rows of y [B, F], with `module`'s parameters
-  `bn_scale`, `bn_bias` and statistics `batch_stats/{bn_mean, bn_var}`.
+def normalise(module: nn.Module, y: jax.Array, weight: jax.Array | None,
+              use_running_average: bool, offset: jax.Array | None = None) -> jax.Array:
+  """(y - mean) / sqrt(var + eps) over the rows of y [..., B, F], torch's
+  BatchNorm without its affine part, with the statistics
+  `batch_stats/{bn_mean, bn_var}` of `module` ([..., F], one set per leading index).
 
-  Train mode normalises with the mean and biased variance of the rows where
-  `mask` is nonzero (padded rows excluded). Under jit over a mesh these sums span
-  the *global* batch, every device and process. The running statistics move by
-  torch's rule with the *unbiased* batch variance. Eval mode
-  (`use_running_average`) normalises with the running statistics.
+  Train mode uses the mean and biased variance of the rows weighted by `weight`
+  [..., B] (0 for padded rows, or rows of other domains; None: all). Under jit over
+  a mesh these sums span the *global* batch, every device and process. The running
+  statistics move by torch's rule (momentum 0.1) with the *unbiased* batch
+  variance, and stay put where no row counted. Eval mode uses them.
+
+  `offset` [F] is a constant the input is known to carry on top of y (a Linear's
+  bias before the BatchNorm): it enters the running mean, and eval mode normalises
+  y + offset, as torch does, but the batch statistics are taken over y alone. In
+  train mode the batch mean removes such a bias, so its gradient is exactly zero;
+  normalising y + offset instead would hand the bias rounding noise, which Adam
+  turns into steps the size of the learning rate, different on every device layout.
   """
   features = y.shape[-1]
-  scale = module.param("bn_scale", nn.initializers.ones, (features,))
-  bias = module.param("bn_bias", nn.initializers.zeros, (features,))
-  running_mean = module.variable("batch_stats", "bn_mean", jnp.zeros, (features,), jnp.float32)
-  running_var = module.variable("batch_stats", "bn_var", jnp.ones, (features,), jnp.float32)
+  shape = y.shape[:-2] + (features,)
+  running_mean = module.variable("batch_stats", "bn_mean", jnp.zeros, shape, jnp.float32)
+  running_var = module.variable("batch_stats", "bn_var", jnp.ones, shape, jnp.float32)
   if use_running_average:
+    if offset is not None:
+      y = y + offset
     mean, var = running_mean.value, running_var.value
   else:
-    weight = jnp.ones(y.shape[:1], y.dtype) if mask is None else mask.astype(y.dtype)
-    weight = weight[:, None]
-    count = jnp.sum(weight)
-    mean = jnp.sum(weight * y, axis=0) / jnp.maximum(count, 1.0)
-    var = jnp.sum(weight * jnp.square(y - mean), axis=0) / jnp.maximum(count, 1.0)
+    w = jnp.ones(y.shape[:-1], y.dtype) if weight is None else weight.astype(y.dtype)
+    w = jnp.broadcast_to(w, y.shape[:-1])[..., None]                         # [..., B, 1]
+    count = jnp.sum(w, axis=-2)                                               # [..., 1]
+    mean = jnp.sum(w * y, axis=-2) / jnp.maximum(count, 1.0)
+    var = jnp.sum(w * jnp.square(y - mean[..., None, :]), axis=-2) / jnp.maximum(count, 1.0)
     if not module.is_initializing():
       m = BATCH_NORM_MOMENTUM
       unbiased = var * count / jnp.maximum(count - 1.0, 1.0)
       seen = count > 0  # an all-padding batch leaves the statistics alone
+      batch_mean = mean if offset is None else mean + offset
       running_mean.value = jnp.where(
-          seen, (1 - m) * running_mean.value + m * jax.lax.stop_gradient(mean),
+          seen, (1 - m) * running_mean.value + m * jax.lax.stop_gradient(batch_mean),
           running_mean.value)
       running_var.value = jnp.where(
           seen, (1 - m) * running_var.value + m * jax.lax.stop_gradient(unbiased),
           running_var.value)
-  return (y - mean) * jax.lax.rsqrt(var + BATCH_NORM_EPSILON) * scale + bias
+  return (y - mean[..., None, :]) * jax.lax.rsqrt(var[..., None, :] + BATCH_NORM_EPSILON)
+
+
+def batch_norm(module: nn.Module, y: jax.Array, mask: jax.Array | None,
+               use_running_average: bool) -> jax.Array:
+  """torch.nn.BatchNorm1d over the rows of y [B, F] (see `normalise`), with
+  `module`'s parameters `bn_scale`, `bn_bias`; `mask` [B] leaves padded rows out."""
+  features = y.shape[-1]
+  scale = module.param("bn_scale", nn.initializers.ones, (features,))
+  bias = module.param("bn_bias", nn.initializers.zeros, (features,))
+  return normalise(module, y, mask, use_running_average) * scale + bias
 
 
 class BlockBN(nn.Module):

@@ -1,6 +1,6 @@
-"""M2M (multi-scenario multi-task meta learning), spec baselines.md section 4.7.
+"""M2M (multi-scenario multi-task meta learning) (docs/models.md).
 
-No author code exists; this follows the spec's default reading [I]: K experts
+No author code exists; this is one reading of the paper: K experts
 over the input, a scenario vector from the domain's embedding, learned task
 embeddings, a meta attention over the experts and a residual meta tower whose
 weights are *generated* from the scenario vector, then one output MLP per task.
@@ -38,9 +38,8 @@ import jax
 import jax.numpy as jnp
 
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import (BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, Dense, affine,
-                                    bank, layer_norm, torch_linear_bias_init,
-                                    torch_linear_kernel_init)
+from m3oe_jax.models.layers import (Dense, affine, bank, layer_norm, normalise,
+                                    torch_linear_bias_init, torch_linear_kernel_init)
 
 NEGATIVE_SLOPE = 0.1
 BACKBONES = ("none", "field_transformer")
@@ -53,49 +52,20 @@ def leaky(y: jax.Array) -> jax.Array:
 
 def linear_batch_norm(module: nn.Module, x: jax.Array, features: int,
                       mask: jax.Array | None, use_running_average: bool) -> jax.Array:
-  """BatchNorm(x @ kernel + bias): torch's Linear then BatchNorm1d, with the
-  parameters and statistics of `layers.BlockBN` (kernel, bias, bn_scale, bn_bias;
-  batch_stats bn_mean, bn_var) and the same values, but with the Linear's bias
-  kept out of the batch statistics.
-
-  In train mode the batch mean removes the bias, so its true gradient is zero.
-  Normalising x @ kernel + bias instead (as `layers.batch_norm` would) returns
-  rounding noise as the bias's gradient, which Adam scales up to steps the size
-  of the learning rate and which differs between device layouts; and when the
-  bias dwarfs x @ kernel (M2M's scenario layer reads a domain embedding of scale
-  1e-4, against a bias of scale 1/sqrt(e)), subtracting the mean cancels most of
-  the signal's digits. Here the statistics are taken over x @ kernel, the bias
-  enters only the running mean (as in torch), and eval mode normalises
-  x @ kernel + bias with the running statistics, as torch does. Padded rows
-  (`mask` 0) are left out; the running variance moves with the unbiased batch
-  variance.
+  """BatchNorm(x @ kernel + bias): torch's Linear then BatchNorm1d, parameters
+  kernel, bias, bn_scale, bn_bias and statistics bn_mean, bn_var, with the bias
+  kept out of the batch statistics (`layers.normalise`'s `offset`): same values,
+  an exactly zero train-mode bias gradient. This matters here because the
+  scenario layer reads a domain embedding of scale 1e-4 against a bias of scale
+  1/sqrt(e): subtracting the batch mean of x @ kernel + bias would cancel most
+  of the signal's digits.
   """
   fan_in = x.shape[-1]
   kernel = module.param("kernel", torch_linear_kernel_init, (fan_in, features))
   bias = module.param("bias", torch_linear_bias_init(fan_in), (features,))
   scale = module.param("bn_scale", nn.initializers.ones, (features,))
   shift = module.param("bn_bias", nn.initializers.zeros, (features,))
-  running_mean = module.variable("batch_stats", "bn_mean", jnp.zeros, (features,), jnp.float32)
-  running_var = module.variable("batch_stats", "bn_var", jnp.ones, (features,), jnp.float32)
-  y = x @ kernel
-  if use_running_average:
-    return ((y + bias - running_mean.value) * jax.lax.rsqrt(running_var.value + BATCH_NORM_EPSILON)
-            * scale + shift)
-  weight = (jnp.ones(y.shape[:1], y.dtype) if mask is None else mask.astype(y.dtype))[:, None]
-  count = jnp.sum(weight)
-  mean = jnp.sum(weight * y, axis=0) / jnp.maximum(count, 1.0)
-  var = jnp.sum(weight * jnp.square(y - mean), axis=0) / jnp.maximum(count, 1.0)
-  if not module.is_initializing():
-    m = BATCH_NORM_MOMENTUM
-    unbiased = var * count / jnp.maximum(count - 1.0, 1.0)
-    seen = count > 0  # an all-padding batch leaves the statistics alone
-    running_mean.value = jnp.where(
-        seen, (1 - m) * running_mean.value + m * jax.lax.stop_gradient(mean + bias),
-        running_mean.value)
-    running_var.value = jnp.where(
-        seen, (1 - m) * running_var.value + m * jax.lax.stop_gradient(unbiased),
-        running_var.value)
-  return (y - mean) * jax.lax.rsqrt(var + BATCH_NORM_EPSILON) * scale + shift
+  return normalise(module, x @ kernel, mask, use_running_average, offset=bias) * scale + shift
 
 
 class BlockBNAct(nn.Module):
@@ -246,7 +216,7 @@ class TaskOutput(nn.Module):
 
 
 class M2M(RankingModel):
-  """M2M for multi-domain multi-task ranking (spec section 4.7).
+  """M2M for multi-domain multi-task ranking (docs/models.md).
 
   Options: `num_experts` (K), `hidden` (h, the expert/scenario/task width),
   `backbone` ("none": the experts read x; "field_transformer": a per-example

@@ -1,6 +1,6 @@
 """M3oE, equation by equation as in the authors' code (docs/models.md).
 
-Parameter tree (flattened with '/', these are the spec's section-7 names):
+Parameter tree (flattened with '/', the names of the authors' weights):
   embedding/<feature>, star/*, star_mlp/*, skip/*, shared_experts/layer<k>/*,
   domain_experts/layer<k>/*, task_experts/layer<k>/*, gates/*, towers/hidden/*,
   towers/out/*, arch/{bal_d, bal_t, exp_d, exp_t}.

@@ -1,6 +1,6 @@
 """MLP baseline (the authors' `Mlp_7_Layer`): one independent network per head.
 
-Spec: ../shared/spec/baselines.md, section 4.1. Every head (d, t) is its own
+The authors' Mlp_7_Layer (docs/models.md). Every head (d, t) is its own
 network on the shared input x [B, F]:
 
     h = Block(... Block(x))            F -> fcn_dims[0] -> ... -> fcn_dims[-1]

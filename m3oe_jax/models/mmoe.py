@@ -1,4 +1,4 @@
-"""MMoE (spec baselines.md section 4.2): shared experts, and for every
+"""MMoE: shared experts, and for every
 (domain, task) head a softmax gate on the input and a tower.
 
     expert e:   S_e(x) = Block(...Block(x))               F -> fcn_dims..., e < E

@@ -1,4 +1,4 @@
-"""PLE (spec baselines.md section 4.3): progressive layered extraction with the
+"""PLE: progressive layered extraction with the
 D x T (domain, task) heads as its "tasks", every layer with torch-style BatchNorm.
 
 One extraction level (CGC), for head (d, t) with input X[d,t] and shared input X_s:

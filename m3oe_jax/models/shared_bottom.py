@@ -1,4 +1,4 @@
-"""Shared-Bottom (spec baselines.md section 4.5), and the normalised blocks and
+"""Shared-Bottom, and the normalised blocks and
 towers that the MMoE and PLE baselines share with it.
 
     z = Block(x)                                   F -> 128, shared by every head

@@ -1,4 +1,4 @@
-"""STAR baseline, in two variants (spec ../shared/spec/baselines.md, section 4.4).
+"""STAR baseline, in two variants (docs/models.md).
 
 variant="simplified" (default): the authors' `STAR`, which produced Table 2.
 The M3oE star layer, a skip branch, an MLP and one head shared by all domains:
@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import (BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, MLP, Block,
-                                    BlockBN, Dense, Star, Tower, bank, select_domain)
+from m3oe_jax.models.layers import (MLP, Block, BlockBN, Dense, Star, Tower, bank, normalise,
+                                    select_domain)
 
 VARIANTS = ("simplified", "original")
 NORM_STATS = ("batch", "domain")
@@ -57,40 +57,6 @@ kaiming_uniform_stacked = nn.initializers.variance_scaling(2.0, "fan_in", "unifo
 
 def unit_uniform(key, shape, dtype=jnp.float32):
   return jax.random.uniform(key, shape, dtype, 0.0, 1.0)
-
-
-def normalise(module: nn.Module, y: jax.Array, weight: jax.Array,
-              use_running_average: bool) -> jax.Array:
-  """(y - mean) / sqrt(var + eps) over the rows of y [..., B, F], without affine.
-
-  Train mode uses the mean and biased variance of the rows, weighted by `weight`
-  [..., B] (0/1: padding, or rows of other domains, left out); statistics have
-  shape [..., F], one set per leading index. The running statistics
-  `batch_stats/{bn_mean, bn_var}` move as torch's BatchNorm's do (momentum 0.1,
-  unbiased variance) and are left alone where no row counted. Eval mode uses them.
-  """
-  features = y.shape[-1]
-  shape = y.shape[:-2] + (features,)
-  running_mean = module.variable("batch_stats", "bn_mean", jnp.zeros, shape, jnp.float32)
-  running_var = module.variable("batch_stats", "bn_var", jnp.ones, shape, jnp.float32)
-  if use_running_average:
-    mean, var = running_mean.value, running_var.value
-  else:
-    w = jnp.broadcast_to(weight.astype(y.dtype), y.shape[:-1])[..., None]    # [..., B, 1]
-    count = jnp.sum(w, axis=-2)                                               # [..., 1]
-    mean = jnp.sum(w * y, axis=-2) / jnp.maximum(count, 1.0)
-    var = jnp.sum(w * jnp.square(y - mean[..., None, :]), axis=-2) / jnp.maximum(count, 1.0)
-    if not module.is_initializing():
-      m = BATCH_NORM_MOMENTUM
-      unbiased = var * count / jnp.maximum(count - 1.0, 1.0)
-      seen = count > 0
-      running_mean.value = jnp.where(
-          seen, (1 - m) * running_mean.value + m * jax.lax.stop_gradient(mean),
-          running_mean.value)
-      running_var.value = jnp.where(
-          seen, (1 - m) * running_var.value + m * jax.lax.stop_gradient(unbiased),
-          running_var.value)
-  return (y - mean[..., None, :]) * jax.lax.rsqrt(var[..., None, :] + BATCH_NORM_EPSILON)
 
 
 class PartitionNorm(nn.Module):
