@@ -358,7 +358,7 @@ def test_dry_run_prints_one_launcher_command_per_run(launcher, first, tmp_path):
                     "single_host_gpu" else "", out=out)
   commands = [shlex.split(line) for line in out.getvalue().splitlines()]
   expected = sweep_lib.expand(config)
-  assert len(commands) == len(expected) == 20
+  assert len(commands) == len(expected) == 12
   for command, run in zip(commands, expected):
     assert command[:len(first)] == first
     assert f"--workdir={tmp_path / run.name}" in command
@@ -367,7 +367,7 @@ def test_dry_run_prints_one_launcher_command_per_run(launcher, first, tmp_path):
     if launcher != "local":  # trainer flags go after the launcher's `--`
       assert command.index("--") < command.index(f"--config.seed={run.seed}")
   assert not any(p.name == "metrics.json" for p in tmp_path.rglob("*"))
-  assert len(json.loads((tmp_path / "sweep.json").read_text())["runs"]) == 20
+  assert len(json.loads((tmp_path / "sweep.json").read_text())["runs"]) == 12
 
 
 def test_dry_run_command_line_and_the_launchers_accept_it(tmp_path):
@@ -380,7 +380,7 @@ def test_dry_run_command_line_and_the_launchers_accept_it(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
-  assert len(lines) == 10  # m3oe-mdmt 1 + mmoe-mtl 3 + mlp-single 6, one seed
+  assert len(lines) == 6  # m3oe-mdmt 1 + mmoe-mtl 3 + star-mdl 2, one seed
   for line in lines[:2]:
     command = shlex.split(line)
     checked = subprocess.run(["bash", str(REPO / command[0]), "--dry-run", *command[1:]],

@@ -4,7 +4,7 @@
   movielens   Table 2 on MovieLens-1M (`configs/movielens.py`): 15 rows, 5 seeds.
   kuairand    the same on KuaiRand-Pure (`configs/kuairand.py`).
   tiny        a smoke grid on `configs/synthetic.py:tiny` (offline, a few minutes on a
-              CPU): M3oE-MDMT, MMoE-MTL and the MLP per (domain, task), 2 seeds.
+              CPU): M3oE-MDMT, MMoE-MTL and STAR-MDL, 2 seeds (12 runs).
 Options:
   data=VARIANT      the dataset config's argument, e.g. `movielens,data=tiny_offline`
                     runs the whole Table 2 grid on the tiny FAKE MovieLens files.
@@ -57,7 +57,7 @@ TABLE2_RUNS = (
 TINY_RUNS = (
     ("m3oe", "mdmt"),
     ("mmoe", "mtl"),
-    ("mlp", "single"),
+    ("star", "mdl"),
 )
 
 DATASETS = {
