@@ -123,14 +123,23 @@ def normalise(module: nn.Module, y: jax.Array, weight: jax.Array | None,
   return (y - mean[..., None, :]) * jax.lax.rsqrt(var[..., None, :] + BATCH_NORM_EPSILON)
 
 
-def batch_norm(module: nn.Module, y: jax.Array, mask: jax.Array | None,
-               use_running_average: bool) -> jax.Array:
-  """torch.nn.BatchNorm1d over the rows of y [B, F] (see `normalise`), with
-  `module`'s parameters `bn_scale`, `bn_bias`; `mask` [B] leaves padded rows out."""
-  features = y.shape[-1]
+def linear_batch_norm(module: nn.Module, x: jax.Array, features: int,
+                      mask: jax.Array | None, use_running_average: bool) -> jax.Array:
+  """BatchNorm(x @ kernel + bias): torch's Linear then BatchNorm1d, with `module`'s
+  parameters kernel, bias, bn_scale, bn_bias and statistics bn_mean, bn_var.
+
+  The bias is kept out of the batch statistics (`normalise`'s `offset`): the same
+  values as normalising x @ kernel + bias, but the bias's train-mode gradient is
+  exactly zero instead of rounding noise, and a bias much larger than x @ kernel
+  (M2M's scenario layer reads a domain embedding of scale 1e-4) cancels none of
+  the signal's digits.
+  """
+  fan_in = x.shape[-1]
+  kernel = module.param("kernel", torch_linear_kernel_init, (fan_in, features))
+  bias = module.param("bias", torch_linear_bias_init(fan_in), (features,))
   scale = module.param("bn_scale", nn.initializers.ones, (features,))
-  bias = module.param("bn_bias", nn.initializers.zeros, (features,))
-  return normalise(module, y, mask, use_running_average) * scale + bias
+  shift = module.param("bn_bias", nn.initializers.zeros, (features,))
+  return normalise(module, x @ kernel, mask, use_running_average, offset=bias) * scale + shift
 
 
 class BlockBN(nn.Module):
@@ -143,8 +152,8 @@ class BlockBN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    y = affine(self, x, self.features)
-    return jax.nn.relu(batch_norm(self, y, mask, self.use_running_average))
+    return jax.nn.relu(linear_batch_norm(self, x, self.features, mask,
+                                         self.use_running_average))
 
 
 def bank(module_cls, size: int, in_axes=None):

@@ -38,8 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import (Dense, affine, bank, layer_norm, normalise,
-                                    torch_linear_bias_init, torch_linear_kernel_init)
+from m3oe_jax.models.layers import Dense, affine, bank, layer_norm, linear_batch_norm
 
 NEGATIVE_SLOPE = 0.1
 BACKBONES = ("none", "field_transformer")
@@ -48,24 +47,6 @@ META_WEIGHTS = ("linear", "swr")
 
 def leaky(y: jax.Array) -> jax.Array:
   return jax.nn.leaky_relu(y, NEGATIVE_SLOPE)
-
-
-def linear_batch_norm(module: nn.Module, x: jax.Array, features: int,
-                      mask: jax.Array | None, use_running_average: bool) -> jax.Array:
-  """BatchNorm(x @ kernel + bias): torch's Linear then BatchNorm1d, parameters
-  kernel, bias, bn_scale, bn_bias and statistics bn_mean, bn_var, with the bias
-  kept out of the batch statistics (`layers.normalise`'s `offset`): same values,
-  an exactly zero train-mode bias gradient. This matters here because the
-  scenario layer reads a domain embedding of scale 1e-4 against a bias of scale
-  1/sqrt(e): subtracting the batch mean of x @ kernel + bias would cancel most
-  of the signal's digits.
-  """
-  fan_in = x.shape[-1]
-  kernel = module.param("kernel", torch_linear_kernel_init, (fan_in, features))
-  bias = module.param("bias", torch_linear_bias_init(fan_in), (features,))
-  scale = module.param("bn_scale", nn.initializers.ones, (features,))
-  shift = module.param("bn_bias", nn.initializers.zeros, (features,))
-  return normalise(module, x @ kernel, mask, use_running_average, offset=bias) * scale + shift
 
 
 class BlockBNAct(nn.Module):

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import affine, bank, batch_norm
+from m3oe_jax.models.layers import bank, linear_batch_norm
 from m3oe_jax.models.shared_bottom import NormMLP, NormTower, check_dims, head_bank, own_domain
 
 
@@ -43,8 +43,8 @@ class BNGate(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    y = affine(self, x, self.features)
-    return jax.nn.softmax(batch_norm(self, y, mask, self.use_running_average), axis=-1)
+    return jax.nn.softmax(linear_batch_norm(self, x, self.features, mask,
+                                            self.use_running_average), axis=-1)
 
 
 def extraction_level(head_in, shared_in, mask, *, num_domains: int, num_tasks: int,

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import Dense, affine, bank, batch_norm, layer_norm, select_domain
+from m3oe_jax.models.layers import (Dense, affine, bank, layer_norm, linear_batch_norm,
+                                    select_domain)
 
 NORMS = ("batch", "layer")
 
@@ -32,13 +33,13 @@ def norm_block(module: nn.Module, x: jax.Array, features: int, norm: str,
                mask: jax.Array | None, use_running_average: bool) -> jax.Array:
   """relu(Norm(x @ kernel + bias)) with `module`'s parameters: kernel, bias and
   bn_scale, bn_bias (+ batch_stats bn_mean, bn_var) or ln_scale, ln_bias."""
-  y = affine(module, x, features)
   if norm == "layer":
+    y = affine(module, x, features)
     scale = module.param("ln_scale", nn.initializers.ones, (features,))
     bias = module.param("ln_bias", nn.initializers.zeros, (features,))
     y = layer_norm(y, scale, bias)
   elif norm == "batch":
-    y = batch_norm(module, y, mask, use_running_average)
+    y = linear_batch_norm(module, x, features, mask, use_running_average)
   else:
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
   return jax.nn.relu(y)
