@@ -161,8 +161,9 @@ def load_params(workdir: str | epath.PathLike, which: str = "best", step: int | 
   picks one of the kept `which` checkpoints (default: the newest).
 
   Only `params` and `batch_stats` are read (an orbax partial restore): the
-  optimizer moments and the step stay on disk, so a load needs about the
-  parameters' bytes of host memory, not three times them.
+  optimizer moments and the step stay on disk. A load peaks at about twice the
+  variables' bytes (orbax's read buffer beside the restored arrays;
+  benchmarks/bench_load_params.py), against six times for a whole-state restore.
 
   `shardings` (for `m3oe_jax.evaluate` on a mesh): a function from the tree of
   `jax.ShapeDtypeStruct`s of the variables to lay out to a matching tree of
