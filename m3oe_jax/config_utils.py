@@ -7,6 +7,8 @@ set options (`model=mmoe`), e.g. `--config=configs/movielens.py:tiny_offline,mod
 
 from __future__ import annotations
 
+import ast
+
 import ml_collections
 
 from m3oe_jax.models import MODELS, default_model_config, model_class
@@ -28,6 +30,26 @@ def parse_arg(arg: str | None, words: tuple[str, ...], keys: tuple[str, ...],
       raise ValueError(f"{where}: unknown variant {item!r} in {arg!r}; expected any of "
                        f"{words} and options {tuple(k + '=...' for k in keys)}")
   return chosen, options
+
+
+def apply_override(config: ml_collections.ConfigDict, field: str, value) -> None:
+  """Sets `config.<field>` (dotted); a string for a non-string field is parsed as a
+  Python literal, and lists become tuples (as on the command line)."""
+  *parents, last = field.split(".")
+  node = config
+  for part in parents:
+    if part not in node:
+      raise KeyError(f"override {field!r}: config has no field {part!r}")
+    node = node[part]
+  if last not in node:
+    raise KeyError(f"override {field!r}: config has no field {last!r}")
+  current = node[last]
+  if isinstance(value, str) and not isinstance(current, str):
+    value = ast.literal_eval(value)
+  if isinstance(value, list):
+    value = tuple(value)
+  with node.unlocked():
+    node[last] = value
 
 
 def add_paper_training(config: ml_collections.ConfigDict,

@@ -18,7 +18,6 @@ per run instead (launch/*.sh), so the grid can be spread over a cluster; the rep
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import importlib.util
 import json
@@ -33,6 +32,8 @@ from typing import Any
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
+
+from m3oe_jax.config_utils import apply_override
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 KINDS = ("single", "mtl", "mdl", "mdmt")
@@ -112,26 +113,6 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
-
-
-def apply_override(config: ml_collections.ConfigDict, field: str, value) -> None:
-  """Sets `config.<field>` (dotted); a string for a non-string field is parsed as a
-  Python literal, and lists become tuples (as on the command line)."""
-  *parents, last = field.split(".")
-  node = config
-  for part in parents:
-    if part not in node:
-      raise KeyError(f"override {field!r}: config has no field {part!r}")
-    node = node[part]
-  if last not in node:
-    raise KeyError(f"override {field!r}: config has no field {last!r}")
-  current = node[last]
-  if isinstance(value, str) and not isinstance(current, str):
-    value = ast.literal_eval(value)
-  if isinstance(value, list):
-    value = tuple(value)
-  with node.unlocked():
-    node[last] = value
 
 
 def grid_shape(sweep: ml_collections.ConfigDict,

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from configs import synthetic
+from m3oe_jax import config_utils
 
 STEPS = 8  # the in-process contract test's steps on a fixed batch
 TOLERANCE = 1e-4
@@ -35,12 +36,8 @@ def tiny_config(name: str, **overrides):
   config = synthetic.get_config(f"tiny,model={name}")
   config.optimizer.model_lr = 1e-3
   config.optimizer.lr_decay_every_epochs = 0
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
+  for field, value in overrides.items():
+    config_utils.apply_override(config, field, value)
   return config
 
 

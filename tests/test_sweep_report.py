@@ -263,17 +263,9 @@ def tiny_sweep(tmp_path_factory):
   # Fewer saves mid-epoch (the epoch-end saves remain): quicker on a busy CPU.
   config.overrides = tuple(config.overrides) + (("checkpoint_every_steps", 1000),
                                                 ("log_every_steps", 1000))
-  lines = []
-
-  class Out:
-    def write(self, text):
-      lines.append(text)
-
-    def flush(self):
-      pass
-
-  counts = sweep_lib.run_sweep(config, str(root), "tiny-test", out=Out())
-  return root, config, counts, "".join(lines)
+  out = io.StringIO()
+  counts = sweep_lib.run_sweep(config, str(root), "tiny-test", out=out)
+  return root, config, counts, out.getvalue()
 
 
 def test_tiny_sweep_runs_records_and_reports(tiny_sweep, tmp_path):
@@ -329,20 +321,12 @@ def test_tiny_sweep_rerun_skips_finished_runs(tiny_sweep):
     called.append(workdir)
     raise RuntimeError("still failing")
 
-  lines = []
-
-  class Out:
-    def write(self, text):
-      lines.append(text)
-
-    def flush(self):
-      pass
-
-  counts = sweep_lib.run_sweep(config, str(root), "tiny-test", train_fn=fake_train, out=Out())
+  out = io.StringIO()
+  counts = sweep_lib.run_sweep(config, str(root), "tiny-test", train_fn=fake_train, out=out)
   assert counts == {"finished": 0, "skipped": 4, "failed": 2}
   assert sorted(pathlib.Path(w).relative_to(root).as_posix() for w in called) == [
       "mlp-mdmt/all/seed2022", "mlp-mdmt/all/seed2023"]
-  assert "".join(lines).count("skipped (done)") == 4
+  assert out.getvalue().count("skipped (done)") == 4
 
 
 @pytest.mark.parametrize("launcher,first", [

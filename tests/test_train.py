@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import synthetic as synthetic_config
-from m3oe_jax import checkpoint, evaluate, train
+from m3oe_jax import checkpoint, config_utils, evaluate, train
 from m3oe_jax.data import load_dataset
 from m3oe_jax.models import build_model
 from tests import event_files
@@ -24,12 +24,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def tiny_config(**overrides):
   config = synthetic_config.get_config("tiny")
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  for field, value in overrides.items():
+    config_utils.apply_override(config, field, value)
   return config
 
 

@@ -246,18 +246,25 @@ def _x100(v: float | None, digits: int = 2) -> str:
   return "n/a" if v is None else f"{100 * v:.{digits}f}"
 
 
-def _cell_text(table: Table, row: Row, column: str, bold: tuple[str, str] = ("**", "**"),
-               pm: str = " ± ") -> str:
+def _mean_std_text(table: Table, row: Row, column: str, bold: tuple[str, str],
+                   std_format: str) -> str | None:
+  """The mean x 100, wrapped in `bold` when it is the column's best, followed by
+  `std_format` filled with the std x 100; None where the cell has no value."""
   stat = table.column_stat(row, column)
   if stat.mean is None:
-    text = "n/a"
-  else:
-    text = _x100(stat.mean)
-    best = table.best(column)
-    if best is not None and abs(stat.mean - best) < 1e-12:
-      text = f"{bold[0]}{text}{bold[1]}"
-    if stat.std is not None:
-      text += f"{pm}{_x100(stat.std)}"
+    return None
+  text = _x100(stat.mean)
+  best = table.best(column)
+  if best is not None and abs(stat.mean - best) < 1e-12:
+    text = f"{bold[0]}{text}{bold[1]}"
+  if stat.std is not None:
+    text += std_format.format(_x100(stat.std))
+  return text
+
+
+def _cell_text(table: Table, row: Row, column: str) -> str:
+  stat = table.column_stat(row, column)
+  text = _mean_std_text(table, row, column, ("**", "**"), " ± {}") or "n/a"
   ref = table.paper_value(row, column)
   if ref is not None:
     diff = "" if stat.mean is None else f", {100 * (stat.mean - ref):+.2f}"
@@ -354,19 +361,8 @@ def latex(table: Table) -> str:
   lines = [r"\begin{tabular}{l" + "c" * len(columns) + "}", r"\toprule",
            " & ".join(["Model", *columns]) + r" \\", r"\midrule"]
   for row in table.rows:
-    cells = []
-    for key in keys:
-      stat = table.column_stat(row, key)
-      if stat.mean is None:
-        cells.append("--")
-        continue
-      text = _x100(stat.mean)
-      best = table.best(key)
-      if best is not None and abs(stat.mean - best) < 1e-12:
-        text = rf"\textbf{{{text}}}"
-      if stat.std is not None:
-        text += rf"{{\scriptsize$\pm${_x100(stat.std)}}}"
-      cells.append(text)
+    cells = [_mean_std_text(table, row, key, (r"\textbf{", "}"), r"{{\scriptsize$\pm${}}}")
+             or "--" for key in keys]
     lines.append(" & ".join([row.name.replace("_", r"\_"), *cells]) + r" \\")
   lines += [r"\bottomrule", r"\end{tabular}"]
   return "\n".join(lines) + "\n"
