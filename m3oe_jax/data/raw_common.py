@@ -57,6 +57,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from m3oe_jax.data.schema import FeatureSchema
+from m3oe_jax.errors import UserError
 
 log = logging.getLogger("m3oe_jax.data")
 
@@ -96,11 +97,11 @@ def check_features_and_split(dataset: str, settings: Mapping[str, Any],
                      f"gets its own id), got {vocabulary!r}")
 
 
-class RawDataError(ValueError):
+class RawDataError(UserError, ValueError):
   """The raw input is malformed; the message names the file, line and column."""
 
 
-class RawSourceNotFoundError(FileNotFoundError):
+class RawSourceNotFoundError(UserError, FileNotFoundError):
   """No raw data was found; the message says what to download and where to put it."""
 
 
