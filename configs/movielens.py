@@ -57,7 +57,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.name = "movielens"
   config.data.size = "1m"
-  config.data.data_dir = "~/tensorflow_datasets"  # where prepared data lives
+  # Where prepared data lives; "": TFDS's default ($TFDS_DATA_DIR if set, else
+  # ~/tensorflow_datasets).
+  config.data.data_dir = ""
   # Raw data: an archive path, else TFDS manual_dir (default
   # <data_dir>/downloads/manual) holding ml-1m.zip or its extracted ml-1m/
   # folder, else a download. `extracted_dir` reads extracted files as they are

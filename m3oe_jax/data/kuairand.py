@@ -1,14 +1,17 @@
 """KuaiRand (Pure, 1K, 27K) as a TFDS builder that needs no TensorFlow.
 
 Reads the original archives from https://zenodo.org/records/10439422 (CC BY-SA
-4.0): interaction logs joined with user and basic video features. Domains are
+4.0): interaction logs joined with user and basic video features and the
+video statistics' `counts` (whichever the features need). Domains are
 values of the log column `tab` (default: the three most frequent tabs, in the
 order of their ids), tasks are binary log columns (default `is_click`,
 `long_view`). See `raw_common.py` for splitting, vocabularies and storage.
 
-Builder configs: `pure`, `1k`, `27k` with the paper's settings. Any other
-settings give a derived config named `<size>_<hash of the settings>`, so
-differently prepared data never share a directory (`make_config`).
+Builder configs: `pure`, `1k`, `27k` with `DEFAULT_SETTINGS` (the richer,
+non-paper features and the most frequent tabs). Any other settings, such as
+the paper's (tabs 0, 1, 4 and the authors' 33 features, `configs/kuairand.py`),
+give a derived config named `<size>_<hash of the settings>`, so differently
+prepared data never share a directory (`make_config`).
 """
 
 from __future__ import annotations
@@ -41,12 +44,19 @@ LOGS = {
 }
 USER_FILE = "user_features_{s}*.csv"
 VIDEO_FILE = "video_features_basic_{s}*.csv"
+STAT_FILE = "video_features_statistic_{s}*.csv"
 
 LOG_COLUMNS = (
     "user_id", "video_id", "date", "hourmin", "time_ms", "is_click", "is_like",
     "is_follow", "is_comment", "is_forward", "is_hate", "long_view", "play_time_ms",
     "duration_ms", "profile_stay_time", "comment_stay_time", "is_profile_enter",
     "is_rand", "tab")
+BINARY_LOG_COLUMNS = ("is_click", "is_like", "is_follow", "is_comment", "is_forward",
+                      "is_hate", "long_view", "is_profile_enter", "is_rand")
+MAX_TAB = 14  # `tab` is 0..14 (KuaiRand's README)
+# Share of the kept log rows whose user or video may be absent from a feature
+# file before preparation is refused: above it, the files are not of one release.
+MAX_MISSING_FEATURE_SHARE = 0.5
 USER_COLUMNS = (
     "user_id", "user_active_degree", "is_lowactive_period", "is_live_streamer",
     "is_video_author", "follow_user_num", "follow_user_num_range", "fans_user_num",
@@ -63,8 +73,9 @@ USER_STR = ("user_active_degree", "follow_user_num_range", "fans_user_num_range"
             "friend_user_num_range", "register_days_range")
 USER_NUM = ("is_lowactive_period", "is_live_streamer", "is_video_author") + tuple(
     f"onehot_feat{i}" for i in range(18))
-VIDEO_STR = ("video_type", "upload_type", "visible_status", "upload_dt")
-VIDEO_NUM = ("author_id", "music_id", "music_type")
+# `tag` is the whole comma list taken as one category (the authors' scripts).
+VIDEO_STR = ("video_type", "upload_type", "visible_status", "upload_dt", "tag")
+VIDEO_NUM = ("author_id", "music_id", "music_type", "server_width", "server_height")
 SPARSE_FEATURES = (
     {"user_id": ("log", "user_id", "int"), "video_id": ("log", "video_id", "int"),
      "hour": ("log", "hourmin", "hour"), "date": ("log", "date", "int"),
@@ -74,7 +85,8 @@ SPARSE_FEATURES = (
     | {c: ("video", c, "str") for c in VIDEO_STR}
     | {c: ("video", c, "num") for c in VIDEO_NUM}
     | {"first_tag": ("video", "tag", "first_tag"),
-       "duration_bucket": ("video", "video_duration", "duration_bucket")})
+       "duration_bucket": ("video", "video_duration", "duration_bucket")}
+    | {"counts": ("stat", "counts", "num")})
 # Dense features: raw counts from the user table, log1p-scaled, then min-max
 # scaled on the training split.
 DENSE_FEATURES = ("follow_user_num", "fans_user_num", "friend_user_num", "register_days")
@@ -106,12 +118,12 @@ def make_config(**overrides) -> rc.RawBuilderConfig:
   """The builder config for `overrides` of `DEFAULT_SETTINGS` (validated)."""
   unknown = set(overrides) - set(DEFAULT_SETTINGS)
   if unknown:
-    raise ValueError(f"kuairand: unknown settings {sorted(unknown)}; known: "
-                     f"{sorted(DEFAULT_SETTINGS)}")
+    raise rc.ConfigError(f"kuairand: unknown settings {sorted(unknown)}; known: "
+                         f"{sorted(DEFAULT_SETTINGS)}")
   s = {**DEFAULT_SETTINGS, **overrides}
   s = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in s.items()}
-  s["split_ratios"] = [float(r) for r in s["split_ratios"]]
-  s["tabs"] = [int(t) for t in s["tabs"]]
+  s["split_ratios"] = rc.config_ratios(s["split_ratios"])
+  s["tabs"] = rc.config_int_list(s["tabs"], "tabs", 0, MAX_TAB, "KuaiRand's tab ids")
   _validate(s)
   base = {**DEFAULT_SETTINGS, "size": s["size"]}
   name = s["size"] if s == base else f"{s['size']}_{rc.settings_hash(s)}"
@@ -120,17 +132,27 @@ def make_config(**overrides) -> rc.RawBuilderConfig:
 
 def _validate(s: Mapping[str, Any]) -> None:
   if s["size"] not in ARCHIVES:
-    raise ValueError(f"kuairand: size {s['size']!r} is not one of {list(ARCHIVES)}")
+    raise rc.ConfigError(f"kuairand: config.data.size={s['size']!r} is not one of "
+                         f"{list(ARCHIVES)}")
   bad = [x for x in s["logs"] if x not in LOGS]
-  if bad or not s["logs"]:
-    raise ValueError(f"kuairand: logs {bad or s['logs']} invalid; choose from {list(LOGS)}")
+  if bad or not s["logs"] or len(set(s["logs"])) != len(s["logs"]):
+    problem = bad or "empty or a log twice"
+    raise rc.ConfigError(f"kuairand: config.data.logs={s['logs']} invalid ({problem}); "
+                         f"choose some of {list(LOGS)}, each once")
   bad = [t for t in s["tasks"] if t not in LOG_COLUMNS]
   if bad or not s["tasks"]:
-    raise ValueError(f"kuairand: tasks {bad or s['tasks']} are not log columns "
-                     f"{list(LOG_COLUMNS)}")
+    raise rc.ConfigError(f"kuairand: config.data.tasks {bad or s['tasks']} are not log "
+                         f"columns {list(LOG_COLUMNS)}")
+  bad = [t for t in s["tasks"] if t not in BINARY_LOG_COLUMNS]
+  if bad or len(set(s["tasks"])) != len(s["tasks"]):
+    problem = f"{bad} are not 0/1 columns" if bad else "a task is listed twice"
+    raise rc.ConfigError(f"kuairand: config.data.tasks={s['tasks']}: {problem}; tasks are "
+                         f"distinct 0/1 log columns {list(BINARY_LOG_COLUMNS)}")
   rc.check_features_and_split("kuairand", s, SPARSE_FEATURES, DENSE_FEATURES)
-  if len(set(s["tabs"])) != len(s["tabs"]):
-    raise ValueError(f"kuairand: duplicate tabs in {s['tabs']}")
+  if not s["tabs"]:
+    rc.config_int(s["num_auto_tabs"], "num_auto_tabs", 1, MAX_TAB + 1,
+                  "how many of the most frequent tabs become domains when "
+                  "config.data.tabs is empty")
 
 
 class M3oeKuairand(rc.RawTableBuilder):
@@ -231,7 +253,7 @@ def _log_members(source: rc.RawSource, s: Mapping[str, Any]) -> list[str]:
   members = []
   for name in s["logs"]:
     pattern = LOGS[name].format(s=SUFFIX[s["size"]])
-    found = source.find(pattern)
+    found = source.find_parts(pattern[:-len("*.csv")], f"log {name!r}")
     if not found:
       raise rc.RawDataError(
           f"{source.path}: log file {pattern!r} (log {name!r}) is missing from this "
@@ -241,19 +263,13 @@ def _log_members(source: rc.RawSource, s: Mapping[str, Any]) -> list[str]:
 
 
 def count_tabs(source: rc.RawSource, members: Sequence[str]) -> np.ndarray:
-  counts = np.zeros(0, np.int64)
+  counts = np.zeros(MAX_TAB + 1, np.int64)
   for member in members:
     where = source.display(member)
     for first, table in rc.read_blocks(source, member, CSV, {"tab": pa.int64()}):
       tab = rc.column_int(table, "tab", where, first)
-      if len(tab) and tab.min() < 0:
-        bad = int(np.flatnonzero(tab < 0)[0])
-        raise rc.RawDataError(f"{where}, line {first + bad}, column 'tab': negative "
-                              f"tab {tab[bad]}")
-      c = np.bincount(tab)
-      if len(c) > len(counts):
-        counts = np.pad(counts, (0, len(c) - len(counts)))
-      counts[:len(c)] += c
+      rc.check_range(tab, 0, MAX_TAB, "tab", where, first, "KuaiRand's tab ids")
+      counts += np.bincount(tab, minlength=MAX_TAB + 1)
   return counts
 
 
@@ -292,11 +308,20 @@ def prepare_kuairand(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, *
     members["user_features"] = m
     users = _read_table(source, m, "user_id", user_feats, dense, coders)
   if video_feats:
-    m = source.find(VIDEO_FILE.format(s=suffix))
+    m = source.find_parts(VIDEO_FILE.format(s=suffix)[:-len("*.csv")],
+                          "basic video features")
     if not m:
       source.find_one(VIDEO_FILE.format(s=suffix), "basic video features")
     members["video_features"] = m
     videos = _read_table(source, m, "video_id", video_feats, (), coders)
+  stat_feats = [f for f in sparse if kinds[f][0] == "stat"]
+  stats = None
+  if stat_feats:
+    m = source.find_parts(STAT_FILE.format(s=suffix)[:-len("*.csv")], "video statistics")
+    if not m:
+      source.find_one(STAT_FILE.format(s=suffix), "video statistics")
+    members["video_statistics"] = m
+    stats = _read_table(source, m, "video_id", stat_feats, (), coders)
 
   tasks = list(s["tasks"])
   log_types = {"user_id": pa.int64(), "video_id": pa.int64(), "time_ms": pa.int64(),
@@ -308,11 +333,22 @@ def prepare_kuairand(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, *
   for t in tasks:
     log_types[t] = pa.int64()
 
+  feature_files = {"user": "user_features", "video": "video_features",
+                   "stat": "video_statistics"}
+  missing_acc = {}  # table name -> [rows checked, rows missing, missing ids]
+  checks = {}
+
   def chunks() -> Iterator[rc.Chunk]:
     for member in log_members:
       where = source.display(member)
-      for first, table in rc.read_blocks(source, member, CSV, log_types):
+      for first, table, hashes in rc.read_blocks(source, member, CSV, log_types,
+                                                 line_hashes=True):
         tab = rc.column_int(table, "tab", where, first)
+        rc.check_range(tab, 0, MAX_TAB, "tab", where, first, "KuaiRand's tab ids")
+        if "hourmin" in log_types:
+          _check_hourmin(rc.column_int(table, "hourmin", where, first), where, first)
+        rc.check_range(rc.column_int(table, "time_ms", where, first), 0, rc.MAX_TIME,
+                       "time_ms", where, first, "unix milliseconds")
         pos, keep = rc.lookup_rows(tabs_sorted, tab)
         idx = np.flatnonzero(keep)
         if not len(idx):
@@ -334,8 +370,17 @@ def prepare_kuairand(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, *
                 f"{where}, line {int(lines[bad])}, column 'user_id': user "
                 f"{int(user[bad])} is not in {members['user_features'][0]} (needed for "
                 f"dense features {dense})")
-        if videos is not None:
-          vpos, vfound = rc.lookup_rows(videos.ids, video)
+        found_in = {"user": (users, upos, ufound)} if users is not None else {}
+        for name, tbl, key in (("video", videos, video), ("stat", stats, video)):
+          if tbl is not None:
+            found_in[name] = (tbl, *rc.lookup_rows(tbl.ids, key))
+        for name, (_, _, found) in found_in.items():
+          acc = missing_acc.setdefault(name, [0, 0, []])
+          acc[0] += len(found)
+          acc[1] += int(np.count_nonzero(~found))
+          if not found.all():
+            acc[2] = [np.unique(np.concatenate(
+                acc[2] + [(user if name == "user" else video)[~found]]))]
         out = np.empty((len(idx), len(sparse)), np.int64)
         for j, f in enumerate(sparse):
           table_name, column, kind = kinds[f]
@@ -346,15 +391,33 @@ def prepare_kuairand(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, *
           elif table_name == "log":
             out[:, j] = col(column)
           else:
-            tbl, p, found = ((users, upos, ufound) if table_name == "user"
-                             else (videos, vpos, vfound))
+            tbl, p, found = found_in[table_name]
             missing = coders[f].code("") if f in coders else rc.MISSING
             out[:, j] = np.where(found, tbl.codes[f][p], missing)
         dvals = np.empty((len(idx), len(dense)), np.float64)
         for j, q in enumerate(dense):
           dvals[:, j] = users.dense[q][upos]
         yield rc.Chunk(domain=tab_to_domain[pos[idx]], labels=labels, sparse=out,
-                       dense=dvals, time=col("time_ms"), user=user, item=video)
+                       dense=dvals, time=col("time_ms"), user=user, item=video,
+                       row_hash=hashes[idx], origin=where)
+    report = {}
+    for name, (checked, rows, ids) in missing_acc.items():
+      ids = ids[0] if ids else np.zeros(0, np.int64)
+      files = ", ".join(source.display(m) for m in members[feature_files[name]])
+      report[files] = {"id_column": "user_id" if name == "user" else "video_id",
+                       "ids": len(ids), "rows": rows, "rows_checked": checked,
+                       "example_ids": ids[:5].tolist()}
+      if rows > MAX_MISSING_FEATURE_SHARE * checked:
+        raise rc.RawDataError(
+            f"{files}: {rows:,} of the {checked:,} kept log rows have a "
+            f"{report[files]['id_column']} absent from this file ({len(ids):,} distinct "
+            f"ids, e.g. {ids[:5].tolist()}); more than {MAX_MISSING_FEATURE_SHARE:.0%} "
+            "means the feature file and the logs are not from the same KuaiRand "
+            "release. Use the files of one archive.")
+      if rows:
+        rc.log.warning("%s: %d log rows (%d distinct ids) are absent from it and get "
+                       "missing features", files, rows, len(ids))
+    checks["missing_features"] = report
 
   spec = rc.PrepareSpec(
       dataset=f"kuairand-{s['size']}",
@@ -365,10 +428,21 @@ def prepare_kuairand(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, *
       split=s["split"], split_ratios=tuple(s["split_ratios"]), split_seed=int(s["split_seed"]),
       vocabulary=s["vocabulary"],
       coders=coders,
+      checks=checks,
       source={**source.describe(), "files": members, "tabs": tabs,
               "tab_counts_all_rows": (tab_counts.tolist() if tab_counts is not None
                                       else None)})
   return rc.prepare(chunks(), spec, out_dir, scratch_dir=scratch_dir, chunk_rows=chunk_rows)
+
+
+def _check_hourmin(values: np.ndarray, where: str, first: int) -> None:
+  bad = np.flatnonzero((values < 0) | (values // 100 > 23) | (values % 100 > 59))
+  if len(bad):
+    i = int(bad[0])
+    raise rc.RawDataError(
+        f"{where}, line {first + i}, column 'hourmin': {int(values[i])} is not an HHMM "
+        f"time (hour 0..23, minute 0..59); fix or remove the row ({len(bad)} such "
+        "value(s) in this block)")
 
 
 def _check_binary(values: np.ndarray, name: str, where: str, lines: np.ndarray) -> None:

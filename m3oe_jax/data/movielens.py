@@ -25,6 +25,7 @@ ARCHIVE = rc.ArchiveSpec(
     size=5_917_549)
 
 AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
+MAX_OCCUPATION = 20  # occupations are coded 0..20 (the archive's README)
 
 
 def _fmt(names):
@@ -70,13 +71,25 @@ DEFAULT_SETTINGS = {
 def make_config(**overrides) -> rc.RawBuilderConfig:
   unknown = set(overrides) - set(DEFAULT_SETTINGS)
   if unknown:
-    raise ValueError(f"movielens: unknown settings {sorted(unknown)}; known: "
-                     f"{sorted(DEFAULT_SETTINGS)}")
+    raise rc.ConfigError(f"movielens: unknown settings {sorted(unknown)}; known: "
+                         f"{sorted(DEFAULT_SETTINGS)}")
   s = {**DEFAULT_SETTINGS, **overrides}
   s = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in s.items()}
-  s["age_groups"] = [[int(a) for a in g] for g in s["age_groups"]]
-  s["task_thresholds"] = [int(t) for t in s["task_thresholds"]]
-  s["split_ratios"] = [float(r) for r in s["split_ratios"]]
+  if not isinstance(s["age_groups"], list) or not all(
+      isinstance(g, (list, tuple)) for g in s["age_groups"]):
+    raise rc.ConfigError(f"movielens: config.data.age_groups={s['age_groups']!r} must be "
+                         "a list of lists of age codes, e.g. [[1, 18], [25], [35, 45, 50, 56]]")
+  s["age_groups"] = [rc.config_int_list(g, "age_groups", 1, 56, "MovieLens age codes")
+                     for g in s["age_groups"]]
+  if not isinstance(s["task_thresholds"], list):
+    raise rc.ConfigError(f"movielens: config.data.task_thresholds="
+                         f"{s['task_thresholds']!r} must be a list of integers")
+  s["task_thresholds"] = [
+      rc.config_int(t, "task_thresholds", 1, 4,
+                    "label = rating > threshold; ratings are 1..5, so any other "
+                    "threshold gives a label that is always 0 or always 1")
+      for t in s["task_thresholds"]]
+  s["split_ratios"] = rc.config_ratios(s["split_ratios"])
   _validate(s)
   name = "1m" if s == DEFAULT_SETTINGS else f"1m_{rc.settings_hash(s)}"
   return rc.RawBuilderConfig(name=name, description="MovieLens-1M", settings=s)
@@ -84,18 +97,28 @@ def make_config(**overrides) -> rc.RawBuilderConfig:
 
 def _validate(s: Mapping[str, Any]) -> None:
   if s["size"] != "1m":
-    raise ValueError(f"movielens: only size '1m' is supported, got {s['size']!r}")
+    raise rc.ConfigError(f"movielens: config.data.size: only '1m' is supported, got "
+                         f"{s['size']!r}")
   ages = [a for g in s["age_groups"] for a in g]
   if not s["age_groups"] or any(not g for g in s["age_groups"]):
-    raise ValueError(f"movielens: age_groups {s['age_groups']} must be non-empty lists")
+    raise rc.ConfigError(f"movielens: config.data.age_groups {s['age_groups']} must be "
+                         "non-empty lists")
   if len(set(ages)) != len(ages):
-    raise ValueError(f"movielens: an age code is in several age_groups {s['age_groups']}")
+    raise rc.ConfigError(f"movielens: an age code is in several of config.data.age_groups "
+                         f"{s['age_groups']}")
   bad = [a for a in ages if a not in AGE_CODES]
   if bad:
-    raise ValueError(f"movielens: age codes {bad} are not MovieLens codes {AGE_CODES}")
-  if len(s["tasks"]) != len(s["task_thresholds"]) or not s["tasks"]:
-    raise ValueError(f"movielens: tasks {s['tasks']} and task_thresholds "
-                     f"{s['task_thresholds']} must have the same non-zero length")
+    raise rc.ConfigError(f"movielens: config.data.age_groups: age codes {bad} are not "
+                         f"MovieLens codes {AGE_CODES}")
+  if (not isinstance(s["tasks"], list) or len(s["tasks"]) != len(s["task_thresholds"])
+      or not s["tasks"]):
+    raise rc.ConfigError(f"movielens: config.data.tasks {s['tasks']} and "
+                         f"config.data.task_thresholds {s['task_thresholds']} must have "
+                         "the same non-zero length")
+  if len(set(s["tasks"])) != len(s["tasks"]) or not all(
+      isinstance(t, str) and t for t in s["tasks"]):
+    raise rc.ConfigError(f"movielens: config.data.tasks {s['tasks']} must be distinct "
+                         "non-empty names")
   rc.check_features_and_split("movielens", s, SPARSE_FEATURES, DENSE_FEATURES)
 
 
@@ -144,6 +167,8 @@ def prepare_movielens(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, 
   for first, t in rc.read_blocks(source, users_m, USERS, types):
     u_ids.append(rc.column_int(t, "UserID", where, first))
     age = rc.column_int(t, "Age", where, first)
+    rc.check_range(rc.column_int(t, "Occupation", where, first), 0, MAX_OCCUPATION,
+                   "Occupation", where, first, "MovieLens occupation codes")
     bad = np.flatnonzero(~np.isin(age, AGE_CODES))
     if len(bad):
       raise rc.RawDataError(f"{where}, line {first + int(bad[0])}, column 'Age': "
@@ -192,11 +217,13 @@ def prepare_movielens(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, 
   where_r = source.display(ratings_m)
 
   def chunks() -> Iterator[rc.Chunk]:
-    for first, t in rc.read_blocks(source, ratings_m, RATINGS, r_types):
+    for first, t, hashes in rc.read_blocks(source, ratings_m, RATINGS, r_types,
+                                           line_hashes=True):
       user = rc.column_int(t, "UserID", where_r, first)
       movie = rc.column_int(t, "MovieID", where_r, first)
       rating = rc.column_int(t, "Rating", where_r, first)
       ts = rc.column_int(t, "Timestamp", where_r, first)
+      rc.check_range(ts, 0, rc.MAX_TIME, "Timestamp", where_r, first, "unix seconds")
       bad = np.flatnonzero((rating < 1) | (rating > 5))
       if len(bad):
         raise rc.RawDataError(
@@ -235,7 +262,8 @@ def prepare_movielens(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, 
         dvals[:, j] = u_age[upos]
       labels = (rating[keep, None] > thresholds[None, :]).astype(np.uint8)
       yield rc.Chunk(domain=domain[keep], labels=labels, sparse=out, dense=dvals,
-                     time=ts[keep], user=user[keep], item=movie[keep])
+                     time=ts[keep], user=user[keep], item=movie[keep],
+                     row_hash=hashes[keep], origin=where_r)
 
   spec = rc.PrepareSpec(
       dataset="movielens-1m",

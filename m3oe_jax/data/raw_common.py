@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import fcntl
 import fnmatch
 import functools
 import hashlib
@@ -46,8 +47,10 @@ import os
 import pathlib
 import re
 import shutil
+import socket
 import tarfile
 import tempfile
+import time
 import zipfile
 import zlib
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -57,7 +60,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from m3oe_jax.data.schema import FeatureSchema
-from m3oe_jax.errors import UserError
+from m3oe_jax.errors import ConfigError, UserError
 
 log = logging.getLogger("m3oe_jax.data")
 
@@ -69,6 +72,9 @@ DEFAULT_VOCABULARY = "train"
 OOV_ID = 0
 # Raw code of a missing value of an integer-valued sparse feature.
 MISSING = np.iinfo(np.int64).min
+# Largest time value accepted: far beyond any unix time in ms, and it keeps the
+# split's arithmetic on times inside int64.
+MAX_TIME = 2**62
 BLOCK_ROWS = 8192
 READ_BLOCK_BYTES = 1 << 24  # raw text read per parse call
 COLUMNAR_DIR = "columnar"
@@ -76,25 +82,94 @@ VOCAB_DIR = "vocab"
 SCHEMA_FILE = "m3oe_schema.json"
 
 
+def _is_int(value: Any) -> bool:
+  if isinstance(value, (bool, np.bool_)):
+    return False
+  if isinstance(value, (int, np.integer)):
+    return True
+  return isinstance(value, (float, np.floating)) and float(value).is_integer()
+
+
+def config_int(value: Any, field: str, lo: int | None = None, hi: int | None = None,
+               what: str = "") -> int:
+  """`value` as an int in [lo, hi]; anything else is a ConfigError naming `field`."""
+  bounds = (f" in {lo}..{hi}" if lo is not None and hi is not None
+            else f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else "")
+  if not _is_int(value) or (lo is not None and int(value) < lo) or (
+      hi is not None and int(value) > hi):
+    raise ConfigError(f"config.data.{field}={value!r}: must be an integer{bounds}"
+                      + (f" ({what})" if what else "") + "; set it to such a value")
+  return int(value)
+
+
+def config_int_list(values: Any, field: str, lo: int | None = None,
+                    hi: int | None = None, what: str = "") -> list[int]:
+  if not isinstance(values, (list, tuple)):
+    raise ConfigError(f"config.data.{field}={values!r}: must be a list of integers")
+  try:
+    out = [config_int(v, field, lo, hi, what) for v in values]
+  except ConfigError as e:
+    raise ConfigError(f"config.data.{field}={list(values)!r} holds "
+                      + str(e).split("=", 1)[1]) from None
+  if len(set(out)) != len(out):
+    raise ConfigError(f"config.data.{field}={list(values)!r}: holds a value twice; "
+                      "list each value once")
+  return out
+
+
+def config_ratios(values: Any) -> list[float]:
+  """The three split ratios, refused unless finite, non-negative, with a positive sum."""
+  field = "config.data.split_ratios"
+  try:
+    ratios = [float(r) for r in values] if not isinstance(values, (str, bytes)) else None
+  except (TypeError, ValueError):
+    ratios = None
+  if (ratios is None or len(ratios) != 3 or not all(np.isfinite(ratios))
+      or any(r < 0 for r in ratios) or sum(ratios) <= 0
+      or any(isinstance(r, (bool, str)) for r in values)):
+    raise ConfigError(f"{field}={values!r}: must be three finite non-negative numbers "
+                      "(train, validation, test) with a positive sum, e.g. [8, 1, 1]")
+  return ratios
+
+
 def check_features_and_split(dataset: str, settings: Mapping[str, Any],
                              sparse_known: Iterable[str], dense_known: Sequence[str]) -> None:
-  """Rejects unknown feature names and split kinds in a builder's settings."""
-  bad = [f for f in settings["sparse_features"] if f not in sparse_known]
-  if bad:
-    raise ValueError(f"{dataset}: unknown sparse features {bad}; known: "
-                     f"{sorted(sparse_known)}")
-  bad = [f for f in settings["dense_features"] if f not in dense_known]
-  if bad:
-    raise ValueError(f"{dataset}: unknown dense features {bad}; known: {dense_known}")
+  """Refuses unknown feature names, split kinds, ratios, seeds and vocabularies."""
+  for key, known in (("sparse_features", sorted(sparse_known)),
+                     ("dense_features", list(dense_known))):
+    chosen = settings[key]
+    if not isinstance(chosen, (list, tuple)):
+      raise ConfigError(f"{dataset}: config.data.{key}={chosen!r} must be a list of "
+                        f"names; known: {known}")
+    bad = [f for f in chosen if f not in known]
+    if bad:
+      kind = key.split("_")[0]
+      raise ConfigError(f"{dataset}: unknown {kind} features {bad} in "
+                        f"config.data.{key}; known: {known}")
+    if len(set(chosen)) != len(chosen):
+      raise ConfigError(f"{dataset}: config.data.{key}={list(chosen)} names a feature "
+                        "twice; list each once")
+  if not settings["sparse_features"] and not settings["dense_features"]:
+    raise ConfigError(f"{dataset}: config.data.sparse_features and "
+                      "config.data.dense_features are both empty; choose some features")
   if settings["split"] not in SPLIT_KINDS:
-    raise ValueError(f"{dataset}: split must be one of {SPLIT_KINDS}, "
-                     f"got {settings['split']!r}")
+    raise ConfigError(f"{dataset}: config.data.split must be one of {SPLIT_KINDS}, "
+                      f"got {settings['split']!r}")
+  config_ratios(settings["split_ratios"])
+  config_int(settings["split_seed"], "split_seed", 0, 2**63 - 1,
+             "the seed of the random split")
   vocabulary = settings.get("vocabulary", DEFAULT_VOCABULARY)
   if vocabulary not in VOCABULARIES:
-    raise ValueError(f"{dataset}: config.data.vocabulary must be one of {VOCABULARIES} "
-                     f"('train': ids from the training rows, unseen values share the "
-                     f"out-of-vocabulary id 0; 'all_rows': every value of every split "
-                     f"gets its own id), got {vocabulary!r}")
+    raise ConfigError(f"{dataset}: config.data.vocabulary must be one of {VOCABULARIES} "
+                      f"('train': ids from the training rows, unseen values share the "
+                      f"out-of-vocabulary id 0; 'all_rows': every value of every split "
+                      f"gets its own id), got {vocabulary!r}")
+  checksum = settings.get("checksum", "")
+  if checksum and not re.fullmatch(r"(md5:[0-9a-fA-F]{32}|sha256:[0-9a-fA-F]{64})",
+                                   str(checksum)):
+    raise ConfigError(f"{dataset}: config.data.archive_checksum={checksum!r} must look "
+                      "like 'md5:<32 hex digits>' or 'sha256:<64 hex digits>', or be "
+                      "'' for the official archive's checksum")
 
 
 class RawDataError(UserError, ValueError):
@@ -193,11 +268,54 @@ class RawSource:
         with self._archive_errors():
           with tarfile.open(self.path, "r:*") as t:
             self._names = sorted(m.name for m in t.getmembers() if m.isfile())
+      if self.kind == "archive":
+        twice = sorted({a for a, b in zip(self._names, self._names[1:]) if a == b})
+        if twice:
+          raise RawDataError(
+              f"{self.path}: the archive holds several members named {twice[:5]}; "
+              "their rows would be read more than once, and which copy is meant is "
+              "unknown. Use the original archive (or repack it with one copy each).")
     return self._names
 
   def find(self, pattern: str) -> list[str]:
     """Members whose base name matches the glob `pattern`, sorted by name."""
     return [n for n in self.names() if fnmatch.fnmatch(os.path.basename(n), pattern)]
+
+  def find_parts(self, stem: str, what: str) -> list[str]:
+    """The file `<stem>.csv`, or its parts `<stem>_part<N>.csv` in part order.
+
+    Any other file whose name starts with `stem` (a second download such as
+    `<stem> (1).csv`, a renamed copy) or the same name in two folders is
+    refused: read as well, its rows would silently be counted twice.
+    """
+    pattern = re.compile(re.escape(stem) + r"(_part(\d+))?\.csv")
+    found, stray = [], []
+    for n in self.names():
+      base = os.path.basename(n)
+      if not base.startswith(stem):
+        continue
+      m = pattern.fullmatch(base)
+      (found if m else stray).append(n)
+    if stray:
+      raise RawDataError(
+          f"{self.path}: {stray} {'is' if len(stray) == 1 else 'are'} not a file name "
+          f"of {what} ({stem}.csv or {stem}_part<N>.csv) but starts like one (a second "
+          "download or a copy?); its rows would be read twice. Remove or rename it.")
+    bases = [os.path.basename(n) for n in found]
+    twice = sorted({b for b in bases if bases.count(b) > 1})
+    if twice:
+      raise RawDataError(
+          f"{self.path}: {twice} found in several folders "
+          f"{sorted(n for n in found if os.path.basename(n) in twice)}; their rows "
+          "would be read twice. Keep one copy of the files.")
+    whole = [n for n in found if os.path.basename(n) == stem + ".csv"]
+    if whole and len(found) > 1:
+      raise RawDataError(
+          f"{self.path}: both {whole[0]} and its parts {sorted(set(found) - set(whole))} "
+          "exist; their rows would be read twice. Keep either the whole file or the "
+          "parts.")
+    part_no = lambda n: int(pattern.fullmatch(os.path.basename(n)).group(2) or 0)
+    return sorted(found, key=part_no)
 
   def find_one(self, pattern: str, what: str) -> str:
     found = self.find(pattern)
@@ -406,12 +524,14 @@ def _locate_bad_line(block: bytes, fmt: TextFormat, names: Sequence[str],
 
 def read_blocks(source: RawSource, member: str, fmt: TextFormat,
                 columns: Mapping[str, pa.DataType], *, block_bytes: int | None = None,
-                ) -> Iterator[tuple[int, pa.Table]]:
+                line_hashes: bool = False) -> Iterator[tuple]:
   """Yields (file line number of the block's first row, table of `columns`).
 
   Every requested column must exist (a clear error lists the missing ones);
   values are converted to the requested types, and a value that does not
-  convert is reported with its file, line and column.
+  convert is reported with its file, line and column. With `line_hashes`,
+  each tuple also holds a 64-bit hash of every row's whole line (equal lines,
+  equal hashes), for counting exact duplicate rows.
   """
   where = source.display(member)
   with source.open(member) as f:
@@ -449,7 +569,17 @@ def read_blocks(source: RawSource, member: str, fmt: TextFormat,
                                 parse_options=parse_opts, convert_options=convert)
       except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise _parse_error(e, block, fmt, names, where, lines_before) from e
-      yield lines_before + 1, table
+      if not line_hashes:
+        yield lines_before + 1, table
+        continue
+      rows = [l.rstrip(b"\r") for l in block.split(b"\n")]
+      hashes = np.fromiter((hash(l) for l in rows if l), np.int64, count=-1)
+      if len(hashes) != table.num_rows:
+        raise RawDataError(
+            f"{where}, lines {lines_before + 1}..{lines_before + len(rows)}: "
+            f"{table.num_rows} rows in {len(hashes)} lines (blank or quoted line "
+            "breaks inside a row?); this file must hold one row per line")
+      yield lines_before + 1, table, hashes
 
 
 def _parse_error(e: Exception, block: bytes, fmt: TextFormat, names: Sequence[str],
@@ -517,9 +647,30 @@ def float_codes(table: pa.Table, name: str, where: str, first_line: int) -> np.n
     bad = int(np.flatnonzero(finite & (values != np.round(values)))[0])
     raise RawDataError(f"{where}, line {first_line + bad}, column {name!r}: "
                        f"categorical value {values[bad]} is not an integer")
+  huge = np.flatnonzero(finite & (np.abs(values) > 2.0**53))
+  if len(huge):
+    bad = int(huge[0])
+    raise RawDataError(f"{where}, line {first_line + bad}, column {name!r}: "
+                       f"categorical value {values[bad]} is too large to be an exact "
+                       "integer code (beyond 2**53); fix the value or leave it empty")
   out = np.full(values.shape, MISSING, np.int64)
   out[finite] = values[finite].astype(np.int64)
   return out
+
+
+def check_range(values: np.ndarray, lo: int, hi: int, name: str, where: str,
+                lines: np.ndarray | int, what: str) -> None:
+  """Refuses values outside [lo, hi], naming the first one's line and column.
+
+  `lines` is the file line of every value, or of the first one.
+  """
+  bad = np.flatnonzero((values < lo) | (values > hi))
+  if len(bad):
+    i = int(bad[0])
+    line = int(lines[i]) if isinstance(lines, np.ndarray) else lines + i
+    raise RawDataError(f"{where}, line {line}, column {name!r}: {int(values[i])} is "
+                       f"outside {lo}..{hi} ({what}); fix or remove the row "
+                       f"({len(bad)} such value(s) in this block)")
 
 
 def check_binary(values: np.ndarray, name: str, where: str, first_line: int) -> None:
@@ -589,6 +740,10 @@ class Chunk:
   time: np.ndarray  # int64 [n]
   user: np.ndarray  # int64 [n]
   item: np.ndarray  # int64 [n]
+  # Hash of each row's raw line (`read_blocks(line_hashes=True)`) and the file
+  # it came from: exact duplicate rows are counted from these.
+  row_hash: np.ndarray | None = None  # int64 [n]
+  origin: str = ""
 
 
 @dataclasses.dataclass
@@ -604,6 +759,10 @@ class PrepareSpec:
   coders: Mapping[str, StringCoder]  # string features' coders, by feature name
   source: Mapping[str, Any]  # provenance recorded in the schema
   vocabulary: str = DEFAULT_VOCABULARY  # one of VOCABULARIES
+  # Findings about the input that the builder's chunks add while they are read
+  # (e.g. ids missing from a feature file); recorded in the schema's
+  # `source.checks` and printed with the summary.
+  checks: dict = dataclasses.field(default_factory=dict)
 
 
 class _Spill:
@@ -785,6 +944,46 @@ def temporal_assignment(time: np.ndarray, user: np.ndarray, item: np.ndarray,
   return part
 
 
+def count_duplicate_rows(row_hash: "FlatColumn", origin: "FlatColumn", scratch: str,
+                         num_origins: int, chunk: int) -> np.ndarray:
+  """Rows that repeat an earlier row's line exactly, counted per origin file.
+
+  Rows are bucketed by the top bits of their hash into at most 256 spill files
+  (one pass), then each bucket is sorted on its own, so memory is bounded by a
+  bucket, not by the number of rows. Rows with origin < 0 carry no hash.
+  """
+  n = len(row_hash)
+  counts = np.zeros(num_origins, np.int64)
+  if n == 0 or num_origins == 0:
+    return counts
+  bits = min(8, max(0, int(np.ceil(np.log2(max(n / chunk, 1.0))))))
+  paths = [os.path.join(scratch, f"dup{b}.bin") for b in range(1 << bits)]
+  files = [open(q, "wb") for q in paths]
+  try:
+    for s in _chunks(n, chunk):
+      h = np.asarray(row_hash[s])
+      keep = np.flatnonzero(np.asarray(origin[s]) >= 0)
+      pairs = np.stack([h[keep], keep + s.start], axis=1)
+      bucket = (h[keep].view(np.uint64) >> np.uint64(64 - bits)).astype(np.int64) if bits \
+          else np.zeros(len(keep), np.int64)
+      for b in np.unique(bucket):
+        files[b].write(np.ascontiguousarray(pairs[bucket == b]).tobytes())
+  finally:
+    for f in files:
+      f.close()
+  for q in paths:
+    pairs = np.fromfile(q, np.int64).reshape(-1, 2)
+    os.remove(q)
+    if len(pairs) < 2:
+      continue
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    h, rows = pairs[order, 0], pairs[order, 1]
+    later = rows[1:][h[1:] == h[:-1]]
+    if len(later):
+      counts += np.bincount(np.asarray(origin[later]), minlength=num_origins)
+  return counts
+
+
 def random_assignment(n: int, sizes: Sequence[int], seed: int) -> np.ndarray:
   rng = np.random.default_rng(seed)
   perm = np.arange(n, dtype=np.uint32 if n < 2**32 else np.int64)
@@ -805,6 +1004,8 @@ def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
   `out_dir/vocab/<feature>.npy` and `out_dir/m3oe_schema.json`, and returns the
   metadata to record with the dataset (`schema` is the FeatureSchema dict).
   """
+  chunk_rows = config_int(chunk_rows, "chunk_rows", 1, None,
+                          "rows handled at once while preparing")
   S, Q, T = len(spec.sparse), len(spec.dense_names), len(spec.task_names)
   scratch_parent = scratch_dir or out_dir
   os.makedirs(scratch_parent, exist_ok=True)
@@ -813,11 +1014,32 @@ def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
     spill = _Spill(scratch, {
         "domain": (np.int32, 1), "labels": (np.uint8, T), "sparse": (np.int64, S),
         "dense": (np.float64, Q), "time": (np.int64, 1), "user": (np.int64, 1),
-        "item": (np.int64, 1)})
+        "item": (np.int64, 1), "row_hash": (np.int64, 1), "origin": (np.int32, 1)})
+    origins: dict[str, int] = {}
     for c in chunks:
-      spill.append(dataclasses.asdict(c))
+      cols = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
+      rows_c = len(c.domain)
+      if c.row_hash is None:
+        cols["row_hash"] = np.zeros(rows_c, np.int64)
+        cols["origin"] = np.full(rows_c, -1, np.int32)
+      else:
+        cols["origin"] = np.full(rows_c, origins.setdefault(c.origin, len(origins)),
+                                 np.int32)
+      spill.append(cols)
     raw = spill.close()
     n = spill.rows
+    checks = dict(spec.checks)
+    if origins:
+      dups = count_duplicate_rows(raw["row_hash"], raw["origin"], scratch, len(origins),
+                                  chunk_rows)
+      checks["duplicate_rows"] = {
+          "total": int(dups.sum()),
+          "per_file": {o: int(dups[i]) for o, i in origins.items()},
+          "note": "rows (of the kept domains) whose whole line equals an earlier "
+                  "row's, counted by 64-bit line hashes; they are kept as rows"}
+      if dups.sum():
+        log.warning("%s: %d exact duplicate rows kept (per file: %s)", spec.dataset,
+                    int(dups.sum()), checks["duplicate_rows"]["per_file"])
     if n == 0:
       raise RawDataError(
           f"{spec.source.get('path', '?')}: no rows left after selecting domains "
@@ -879,6 +1101,15 @@ def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
         de = np.asarray(raw["dense"][s]).reshape(-1, Q)[train]
         dmin = np.minimum(dmin, de.min(axis=0))
         dmax = np.maximum(dmax, de.max(axis=0))
+    untrained = [d for i, d in enumerate(spec.domain_names) if rows[0, i] == 0]
+    if untrained:
+      held = {d: int(rows[1:, spec.domain_names.index(d)].sum()) for d in untrained}
+      raise RawDataError(
+          f"{spec.source.get('path', '?')}: domain(s) {untrained} have no training rows "
+          f"(their rows, {held}, all fall in validation/test under the {spec.split} "
+          f"split with ratios {list(spec.split_ratios)}), so the model cannot learn "
+          "them. Drop these domains from the config, or change config.data.split or "
+          "config.data.split_ratios.")
     vocabs = [np.unique(np.concatenate(u)) if u else np.zeros(0, np.int64)
               for u in uniques]
     span = np.where(dmax > dmin, dmax - dmin, 1.0)
@@ -964,6 +1195,7 @@ def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
       "dense_min": {q: float(dmin[i]) for i, q in enumerate(spec.dense_names)},
       "dense_max": {q: float(dmax[i]) for i, q in enumerate(spec.dense_names)},
       "oov_id": OOV_ID,
+      "checks": checks,
   }
   schema = FeatureSchema(
       sparse_names=tuple(f.name for f in spec.sparse),
@@ -995,7 +1227,24 @@ def format_counts(schema: FeatureSchema) -> str:
       c = counts[split][d]
       lines.append(f"{split:<11}{d:<16}{c['rows']:>12,}" + "".join(
           f"{c['positive_rate'][t]:>18.4f}" for t in tasks))
+  lines.extend(format_checks(schema.source.get("checks") or {}))
   return "\n".join(lines)
+
+
+def format_checks(checks: Mapping[str, Any]) -> list[str]:
+  """Lines saying what the input checks found (duplicates, ids without features)."""
+  lines = []
+  dup = checks.get("duplicate_rows")
+  if dup is not None:
+    per = ", ".join(f"{os.path.basename(f)}: {k:,}" for f, k in dup["per_file"].items())
+    lines.append(f"exact duplicate rows kept: {dup['total']:,} ({per})")
+  for f, m in (checks.get("missing_features") or {}).items():
+    example = f", e.g. {m['example_ids']}" if m["ids"] else ""
+    lines.append(
+        f"rows whose {m['id_column']} is absent from {os.path.basename(f)} (given "
+        f"missing features): {m['rows']:,} of {m['rows_checked']:,} ({m['ids']:,} "
+        f"distinct ids{example})")
+  return lines
 
 
 # ----------------------------------------------------------------------------
@@ -1050,6 +1299,124 @@ def settings_hash(settings: Mapping[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------
+# One preparation of a dataset folder at a time, and nothing left by a dead one.
+
+LOCK_SUFFIX = ".lock"
+LOCK_POLL_S = 0.5
+
+
+class PreparationLockError(UserError):
+  """Another preparation of the same dataset did not finish in time."""
+
+
+class PreparationLock:
+  """The right to prepare one dataset folder: the file `<folder>.lock` beside it.
+
+  The holder keeps an exclusive `flock` on that file, which the kernel drops
+  when the holder dies (even by SIGKILL), and writes its pid, host and start
+  time into it for whoever waits. A holder that finishes deletes the file, so
+  a file that still holds a record when the lock is taken was left by a
+  preparation that died; `acquire` returns that record (else None).
+  """
+
+  def __init__(self, folder: str | os.PathLike, timeout_s: float | None = None):
+    self.folder = os.path.abspath(os.fspath(folder))
+    self.path = self.folder + LOCK_SUFFIX
+    self.timeout_s = timeout_s
+    self._fd: int | None = None
+
+  def _read_holder(self) -> dict | None:
+    try:
+      with open(self.path) as f:
+        return json.loads(f.read() or "null")
+    except (OSError, ValueError):
+      return None
+
+  def acquire(self) -> dict | None:
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    start = time.monotonic()
+    reported = None
+    while True:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        os.close(fd)
+        holder = self._read_holder()
+        if holder and holder != reported:
+          log.warning("%s is being prepared by pid %s on %s since %s (lock %s); waiting "
+                      "for it to finish, then using its result", self.folder,
+                      holder.get("pid"), holder.get("host"), holder.get("since"),
+                      self.path)
+          reported = holder
+        if self.timeout_s is not None and time.monotonic() - start > self.timeout_s:
+          raise PreparationLockError(
+              f"{self.path}: another preparation of {self.folder} (pid "
+              f"{(holder or {}).get('pid')} on {(holder or {}).get('host')}) still holds "
+              f"the lock after {self.timeout_s:.0f} s; let it finish, or stop it and run "
+              "again") from None
+        time.sleep(LOCK_POLL_S)
+        continue
+      except OSError as e:  # a file system without flock
+        log.warning("%s: cannot lock (%s); nothing stops a concurrent preparation of "
+                    "%s", self.path, e, self.folder)
+      try:
+        same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+      except FileNotFoundError:
+        same = False
+      if not same:  # the holder we waited for deleted the file: lock the new one
+        os.close(fd)
+        continue
+      left = os.read(fd, 1 << 16).decode("utf8", errors="replace")
+      os.ftruncate(fd, 0)
+      os.lseek(fd, 0, os.SEEK_SET)
+      os.write(fd, json.dumps({
+          "pid": os.getpid(), "host": socket.gethostname(),
+          "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "time": time.time(),
+          "folder": self.folder}).encode())
+      os.fsync(fd)
+      self._fd = fd
+      if not left.strip():
+        return None
+      try:
+        return json.loads(left)
+      except ValueError:
+        return {"record": left[:200]}
+
+  def release(self) -> None:
+    if self._fd is None:
+      return
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(self.path)  # before closing, so no one locks a deleted file
+    os.close(self._fd)
+    self._fd = None
+
+  def __enter__(self) -> dict | None:
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+
+def remove_leftovers(folder: str | os.PathLike, scratch: str | None = None) -> list[str]:
+  """Deletes what an interrupted preparation of `folder` (`.../<config>/<version>`)
+  left: TFDS's `incomplete.XXXXXX_<version>` folders beside it, and `scratch`
+  (the preparation's own spill folder, if outside them). Only while holding
+  the folder's PreparationLock, when no live preparation can own them."""
+  folder = pathlib.Path(folder)
+  pattern = re.compile(r"incomplete\.[A-Z0-9]{6}_" + re.escape(folder.name))
+  found = [p for p in sorted(folder.parent.glob("incomplete.*")) if pattern.fullmatch(p.name)]
+  if scratch and os.path.lexists(scratch):
+    found.append(pathlib.Path(scratch))
+  for p in found:
+    if p.is_dir() and not p.is_symlink():
+      shutil.rmtree(p)
+    else:
+      p.unlink()
+  return [str(p) for p in found]
+
+
+# ----------------------------------------------------------------------------
 # The TFDS builder both datasets share.
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -1085,9 +1452,42 @@ class RawTableBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
                scratch_dir: str | None = None, chunk_rows: int = 1 << 20, **kwargs):
     self._source_options = source_options or SourceOptions()
     self._scratch_dir = scratch_dir
-    self._chunk_rows = int(chunk_rows)
+    self._chunk_rows = config_int(chunk_rows, "chunk_rows", 1, None,
+                                  "rows handled at once while preparing")
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
+    # A user's scratch_dir gets one folder per prepared folder, so a rerun
+    # finds (and deletes) what a killed preparation of the same data spilled.
+    self._own_scratch = None
+    if scratch_dir:
+      folder = os.path.abspath(os.fspath(self.data_path))
+      key = hashlib.sha1(folder.encode()).hexdigest()[:10]
+      self._own_scratch = self._scratch_dir = os.path.join(
+          os.path.expanduser(scratch_dir),
+          f"m3oe-prepare.{self.name}.{self.builder_config.name}.{self.version}.{key}")
+
+  def download_and_prepare(self, *args, **kwargs):
+    """TFDS's `download_and_prepare`, by one process at a time per prepared
+    folder (`PreparationLock`; the others wait and use its result), after
+    deleting what an interrupted preparation left (`remove_leftovers`)."""
+    folder = os.fspath(self.data_path)
+    if os.path.exists(os.path.join(folder, "dataset_info.json")):
+      return super().download_and_prepare(*args, **kwargs)
+    with PreparationLock(folder) as dead:
+      if os.path.exists(os.path.join(folder, "dataset_info.json")):
+        self.info.read_from_directory(folder)  # prepared by the one we waited for
+        return None
+      removed = remove_leftovers(folder, self._own_scratch)
+      if removed or dead:
+        who = (f" (pid {dead.get('pid')} on {dead.get('host')}, started "
+               f"{dead.get('since')})" if dead else "")
+        log.warning("%s: a preparation%s was interrupted; deleted what it left: %s",
+                    folder, who, removed or "nothing")
+      try:
+        return super().download_and_prepare(*args, **kwargs)
+      finally:
+        if self._own_scratch:
+          shutil.rmtree(self._own_scratch, ignore_errors=True)
 
   @property
   def settings(self) -> dict:

@@ -13,7 +13,12 @@ array_record files:
   placement='auto'    'host' up to `max_host_bytes`, else 'stream'.
 
 Prepared data is found again from the settings alone (the TFDS config name
-holds a hash of them), so evaluation later needs no raw files.
+holds a hash of them), so evaluation later needs no raw files. Preparation
+runs in one process at a time per dataset folder; the others wait and use its
+result, and a rerun first deletes what a killed preparation left
+(`raw_common.PreparationLock`, `RawTableBuilder.download_and_prepare`).
+`config.data.data_dir` "" means TFDS's default data dir (`$TFDS_DATA_DIR`,
+else ~/tensorflow_datasets).
 
 To prepare without training: `python -m m3oe_jax.data.tfds_loader
 --config=configs/kuairand.py`.
@@ -35,7 +40,13 @@ from m3oe_jax.data.schema import BATCH_KEYS, FeatureSchema
 
 log = logging.getLogger("m3oe_jax.data")
 
-DEFAULT_DATA_DIR = "~/tensorflow_datasets"
+
+def data_dir_of(data_config) -> str:
+  """Where prepared data lives: `config.data.data_dir`, or when that is unset or
+  "", TFDS's default (`$TFDS_DATA_DIR`, else ~/tensorflow_datasets), read now."""
+  from tensorflow_datasets.core import constants  # pylint: disable=g-import-not-at-top
+  return os.path.expanduser(_get(data_config, "data_dir", "")
+                            or constants.get_default_data_dir())
 
 
 def _modules(name: str):
@@ -74,7 +85,7 @@ def make_builder(data_config):
   config = module.make_config(**settings_from_config(data_config))
   if any(c.name == config.name for c in cls.BUILDER_CONFIGS):
     config = config.name  # a named config (TFDS refuses an equal custom one)
-  data_dir = os.path.expanduser(_get(data_config, "data_dir", "") or DEFAULT_DATA_DIR)
+  data_dir = data_dir_of(data_config)
   options = rc.SourceOptions(
       archive=_get(data_config, "archive", ""),
       checksum=_get(data_config, "archive_checksum", ""),

@@ -105,6 +105,22 @@ def _ml_no_56(top):
   return {"age_groups": [[1, 18], [25], [35, 45, 50], [56]]}
 
 
+def _without_tab(top, tab, instead):
+  """Moves every row of `tab` in every log to tab `instead`."""
+  for name in (KR_LOG0, KR_LOG, "log_standard_4_22_to_5_08_pure.csv"):
+    _rewrite_csv(top / "data" / name, lambda rows: [rows[0]] + [
+        r[:-1] + [str(instead) if r[-1] == str(tab) else r[-1]] for r in rows[1:]])
+  return {"tabs": [1, tab]}
+
+
+def _ml_users_field(top, line, index, value):
+  p = top / "users.dat"
+  rows = [l.split("::") for l in p.read_text("latin-1").splitlines()]
+  rows[line - 1][index] = value
+  p.write_text("\n".join("::".join(r) for r in rows) + "\n", "latin-1")
+  return {}
+
+
 def _ml_dup_user(top):
   p = top / "users.dat"
   lines = p.read_text("latin-1").splitlines()
@@ -151,8 +167,50 @@ CASES = [
     ("label_outside", "kuairand", lambda top, tmp: _tab1_click(top), None,
      raw_common.RawDataError, [KR_LOG0 + ", line 7, column 'is_click'",
                                r"label 2 is outside \{0, 1\}"]),
-    ("tab_without_rows", "kuairand", lambda top, tmp: {"tabs": [1, 99]}, {"tabs": []},
-     raw_common.RawDataError, [r"domain\(s\) \['tab99'\] have no rows"]),
+    ("tab_without_rows", "kuairand", lambda top, tmp: _without_tab(top, 14, 13),
+     {"tabs": []}, raw_common.RawDataError, [r"domain\(s\) \['tab14'\] have no rows"]),
+    # Values outside their documented range, some of which would size an
+    # allocation (a bincount over `tab`): refused where they are read, whether
+    # the tabs are counted (tabs=[]) or fixed.
+    ("huge_tab_counted", "kuairand",
+     lambda top, tmp: set_field(top / "data" / KR_LOG, 9, "tab", "2000000000") or {},
+     None, raw_common.RawDataError,
+     [KR_LOG + ", line 9, column 'tab': 2000000000 is outside 0..14"]),
+    ("huge_tab_fixed_tabs", "kuairand",
+     lambda top, tmp: set_field(top / "data" / KR_LOG, 9, "tab", "2000000000")
+     or {"tabs": [0, 1, 4]}, {"tabs": []}, raw_common.RawDataError,
+     [KR_LOG + ", line 9, column 'tab': 2000000000 is outside 0..14"]),
+    ("negative_tab", "kuairand",
+     lambda top, tmp: set_field(top / "data" / KR_LOG0, 4, "tab", "-3") or {}, None,
+     raw_common.RawDataError, [KR_LOG0 + ", line 4, column 'tab': -3 is outside 0..14"]),
+    ("tab_15", "kuairand",
+     lambda top, tmp: set_field(top / "data" / KR_LOG0, 4, "tab", "15") or {}, None,
+     raw_common.RawDataError, [KR_LOG0 + ", line 4, column 'tab': 15 is outside 0..14"]),
+    ("hourmin_minute_60", "kuairand",
+     lambda top, tmp: set_field(top / "data" / KR_LOG, 6, "hourmin", "1260") or {}, None,
+     raw_common.RawDataError, [KR_LOG + ", line 6, column 'hourmin': 1260 is not an HHMM",
+                               r"hour 0\.\.23, minute 0\.\.59"]),
+    ("hourmin_hour_24", "kuairand",
+     lambda top, tmp: set_field(top / "data" / KR_LOG, 8, "hourmin", "2400") or {}, None,
+     raw_common.RawDataError, [KR_LOG + ", line 8, column 'hourmin': 2400 is not an HHMM"]),
+    ("hourmin_huge", "kuairand",
+     lambda top, tmp: set_field(top / "data" / KR_LOG, 8, "hourmin", "9000000000000")
+     or {}, None, raw_common.RawDataError,
+     [KR_LOG + ", line 8, column 'hourmin': 9000000000000 is not an HHMM"]),
+    ("negative_time", "kuairand",
+     lambda top, tmp: set_field(top / "data" / KR_LOG, 3, "time_ms", "-5") or {}, None,
+     raw_common.RawDataError, [KR_LOG + r", line 3, column 'time_ms': -5 is outside 0\.\."]),
+    ("huge_categorical", "kuairand",
+     lambda top, tmp: set_field(top / "data" / KR_USERS, 5, "onehot_feat3", "1e30") or {},
+     None, raw_common.RawDataError,
+     [KR_USERS + ", line 5, column 'onehot_feat3'", r"too large.*2\*\*53"]),
+    ("ml_occupation_outside", "movielens", lambda top, tmp: _ml_users_field(top, 5, 3, "99"),
+     None, raw_common.RawDataError,
+     [r"users\.dat, line 5, column 'Occupation': 99 is outside 0\.\.20"]),
+    ("ml_negative_timestamp", "movielens",
+     lambda top, tmp: _ml_ratings(top, 6, "1::1::4::-978300760"), None,
+     raw_common.RawDataError,
+     [r"ratings\.dat, line 6, column 'Timestamp': -978300760 is outside 0\.\."]),
     ("empty_split", "kuairand", lambda top, tmp: {"split_ratios": [1.0, 0.0, 0.0]},
      {"split_ratios": [8.0, 1.0, 1.0]}, raw_common.RawDataError,
      [r"split \['validation', 'test'\] would be empty"]),

@@ -212,3 +212,93 @@ def test_default_builder_configs_match_the_issue():
     kuairand.make_config(tasks=["is_clik"])
   with pytest.raises(ValueError, match="unknown sparse features"):
     kuairand.make_config(sparse_features=["user_idd"])
+
+
+PAPER_FEATURES = (
+    ["user_active_degree", "is_live_streamer", "is_video_author", "follow_user_num_range",
+     "fans_user_num_range", "friend_user_num_range", "register_days_range"]
+    + [f"onehot_feat{i}" for i in range(18)]
+    + ["video_type", "upload_dt", "upload_type", "server_width", "server_height",
+       "music_type", "tag", "counts"])
+
+
+def test_default_config_is_the_authors_features_and_tabs():
+  from configs import kuairand as kuairand_config  # pylint: disable=g-import-not-at-top
+  c = kuairand_config.get_config()
+  assert list(c.data.sparse_features) == PAPER_FEATURES + ["domain"]
+  assert len(c.data.sparse_features) == 34
+  assert list(c.data.tabs) == [0, 1, 4]
+  assert list(c.data.dense_features) == []
+  assert not {"user_id", "video_id"} & set(c.data.sparse_features)
+  assert list(c.data.tasks) == ["is_click", "long_view"]
+  assert list(c.data.logs) == list(kuairand.LOGS)
+  rich = kuairand_config.get_config("rich")
+  assert {"user_id", "video_id", "first_tag", "duration_bucket", "hour"} <= set(
+      rich.data.sparse_features)
+  assert len(rich.data.dense_features) == 4 and list(rich.data.tabs) == [0, 1, 4]
+  tiny_rich = kuairand_config.get_config("tiny_offline,rich")
+  assert list(tiny_rich.data.sparse_features) == list(rich.data.sparse_features)
+  assert tiny_rich.data.archive
+  with pytest.raises(ValueError, match="pick one of"):
+    kuairand_config.get_config("1k,27k")
+
+
+def test_tiny_archive_with_the_paper_features(tmp_path):
+  import tarfile  # pylint: disable=g-import-not-at-top
+  from configs import kuairand as kuairand_config  # pylint: disable=g-import-not-at-top
+  c = kuairand_config.get_config("tiny_offline")
+  c.data.data_dir = str(tmp_path / "tfds")
+  c.data.placement = "host"
+  ds = tfds_loader.load(c.data)
+  assert ds.schema.sparse_names == tuple(PAPER_FEATURES) + ("domain",)
+  assert ds.schema.num_sparse == 34 and ds.schema.num_dense == 0
+  assert ds.schema.domain_names == ("tab0", "tab1", "tab4")
+  assert ds.schema.source["files"]["video_statistics"] == [
+      "KuaiRand-Pure/data/video_features_statistic_pure.csv"]
+
+  with tarfile.open(c.data.archive) as t:
+    t.extractall(tmp_path / "raw", filter="data")
+  top = tmp_path / "raw" / "KuaiRand-Pure"
+  kept, part = expected(read_logs(top), [0, 1, 4])
+
+  def by_id(name, key):
+    with open(top / "data" / name, newline="") as f:
+      return {int(r[key]): r for r in csv.DictReader(f)}
+  videos = by_id("video_features_basic_pure.csv", "video_id")
+  stats = by_id("video_features_statistic_pure.csv", "video_id")
+  users = by_id("user_features_pure.csv", "user_id")
+  assert any("," in v["tag"] for v in videos.values())  # the whole list is one value
+  raw = {
+      "tag": lambda r: videos[int(r["video_id"])]["tag"],
+      "upload_dt": lambda r: videos[int(r["video_id"])]["upload_dt"],
+      "server_width": lambda r: int(videos[int(r["video_id"])]["server_width"]),
+      "server_height": lambda r: int(videos[int(r["video_id"])]["server_height"]),
+      "counts": lambda r: int(stats[int(r["video_id"])]["counts"]),
+      "fans_user_num_range": lambda r: users[int(r["user_id"])]["fans_user_num_range"],
+      "domain": lambda r: [0, 1, 4].index(int(r["tab"])),
+  }
+  path = pathlib.Path(os.fspath(tfds_loader.make_builder(c.data).data_path))
+  vocabs = {f: np.load(path / raw_common.VOCAB_DIR / f"{f}.npy").tolist() for f in raw}
+  train_rows = [r for i, r in enumerate(kept) if part[i] == 0]
+  for f, get in raw.items():
+    assert sorted(vocabs[f]) == sorted({get(r) for r in train_rows}), f
+  for k, split in enumerate(pipeline.SPLITS):
+    rows = [r for i, r in enumerate(kept) if part[i] == k]
+    got = _all(ds, split)["sparse"]
+    for f, get in raw.items():
+      j = ds.schema.sparse_names.index(f)
+      want = [vocabs[f].index(get(r)) + 1 if get(r) in vocabs[f] else 0 for r in rows]
+      np.testing.assert_array_equal(got[:, j], want, err_msg=f"{split} {f}")
+
+
+def test_statistics_file_is_read_only_for_counts(tmp_path):
+  top = fake_raw.write_kuairand(tmp_path / "raw", num_rows=300, num_users=20,
+                                num_videos=30, seed=4)
+  (top / "data" / "video_features_statistic_pure.csv").unlink()
+  ds = tfds_loader.load(data_config(tmp_path / "tfds", extracted_dir=str(top),
+                                    sparse_features=["video_id", "tag", "domain"]))
+  assert "video_statistics" not in ds.schema.source["files"]
+  with pytest.raises(raw_common.RawDataError,
+                     match=r"video_features_statistic_pure\*\.csv.*video statistics"):
+    tfds_loader.load(data_config(tmp_path / "tfds", extracted_dir=str(top),
+                                 sparse_features=["counts", "domain"]))
