@@ -1,7 +1,15 @@
-"""Command-line pieces shared by m3oe_jax.train and m3oe_jax.evaluate."""
+"""Command-line pieces shared by the commands (train, evaluate, the data
+preparation, export, sweep): the common flags, and `run`, which reports a
+mistake in the user's input as one message (`m3oe_jax.errors`)."""
+
+import importlib.util
+import os
+import sys
 
 import jax
 from absl import app, flags, logging
+
+from m3oe_jax.errors import ConfigError, UserError
 
 WORKDIR = flags.DEFINE_string("workdir", None,
                               "The run's directory: checkpoints, TensorBoard logs, metrics.")
@@ -10,6 +18,116 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_VERBOSE_ERRORS = flags.DEFINE_bool(
+    "verbose_errors", False,
+    "Print the Python traceback of errors in the input too (also M3OE_VERBOSE_ERRORS=1).")
+USER_ERROR_STATUS = 2
+
+
+def run(main) -> None:
+  """`app.run(main)`, except that a mistake in the command line, the config or
+  the data (a `UserError`, or a flag or config file that does not parse) is
+  printed as one line `<command>: error: <message>` with exit status 2 and no
+  traceback, unless --verbose_errors or M3OE_VERBOSE_ERRORS=1. Other exceptions
+  are bugs and keep their traceback."""
+
+  def guarded_main(argv):
+    try:
+      return main(argv)
+    except UserError as e:
+      if _verbose(sys.argv):
+        raise
+      _exit_with_message(str(e))
+
+  app.run(guarded_main, flags_parser=_parse_flags)
+
+
+def _verbose(argv) -> bool:
+  if os.environ.get("M3OE_VERBOSE_ERRORS", "") not in ("", "0"):
+    return True
+  return any(a in ("--verbose_errors", "--verbose_errors=true", "--verbose_errors=True")
+             for a in argv)
+
+
+def _command() -> str:
+  main_module = sys.modules.get("__main__")
+  spec = getattr(main_module, "__spec__", None)
+  return spec.name if spec is not None else os.path.basename(sys.argv[0])
+
+
+def _exit_with_message(message: str) -> None:
+  logging.flush()
+  print(f"{_command()}: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(USER_ERROR_STATUS)
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    if _verbose(argv):
+      raise
+    _exit_with_message(_flag_error_message(e, argv))
+
+
+def _flag_error_message(error: Exception, argv) -> str:
+  """One line for a command line that does not parse: the innermost error of a
+  config file, or the override that names a field the config does not have."""
+  text = str(error)
+  if "Traceback (most recent call last)" in text:  # a config file raised
+    head = text.split(":", 1)[0]
+    last = [line.strip() for line in text.strip().splitlines() if line.strip()][-1]
+    return f"{head}: {last}"
+  if isinstance(error, flags.Error):
+    return text
+  unknown = _unknown_override(argv)
+  if unknown:
+    return unknown
+  return f"the command line does not parse ({type(error).__name__}: {text})"
+
+
+def _unknown_override(argv) -> str | None:
+  """The message for the first `--<flag>.<path>=...` whose path the config of
+  `--<flag>=FILE[:ARG]` lacks."""
+  values = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
+  for arg, value in values.items():
+    if "." not in arg or arg.split(".", 1)[0] not in values:
+      continue
+    name, path = arg.split(".", 1)
+    try:
+      node = load_config_file(values[name])
+    except Exception:  # pylint: disable=broad-except
+      return None
+    where = name
+    for part in path.split("."):
+      if not hasattr(node, "keys") or part not in node:
+        fields = f"; its fields are {', '.join(sorted(node.keys()))}" if hasattr(node, "keys") else ""
+        return f"--{arg}: {where} has no field {part!r}{fields}"
+      node, where = node[part], f"{where}.{part}"
+  return None
+
+
+def load_config_file(spec: str):
+  """`get_config(ARG)` of a config file named as `FILE[:ARG]`, as --config does."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_checked_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def config_value(config_flag) -> object:
+  """The value of a config-file flag, or a ConfigError naming the file when it
+  could not be loaded (ml_collections defers that error to the first use)."""
+  try:
+    value = config_flag.value
+    value.keys()  # a config that failed to load raises here
+    return value
+  except OSError as e:
+    first = str(e).split("\n")
+    detail = [line.strip() for line in first if line.strip().startswith("[Errno")]
+    raise ConfigError(f"--{config_flag.name}: cannot load the config file "
+                      f"({detail[-1] if detail else first[0]})") from None
 
 
 def start(argv) -> None:

@@ -92,6 +92,9 @@ def add_paper_training(config: ml_collections.ConfigDict,
 
   config.log_every_steps = 20
   config.checkpoint_every_steps = 200
+  # Stop when the training loss exceeds this multiple of its reference (the
+  # smaller of the first loss and the recent median); 0: no check.
+  config.divergence_factor = 10.0
 
   # Which domains and tasks this run trains on (Table 2's variants; empty: all).
   config.variant = ml_collections.ConfigDict()

@@ -20,3 +20,7 @@ class ConfigError(UserError, ValueError):
 class WorkdirError(UserError):
   """A workdir that cannot be used: incompatible, locked, unreadable, read-only,
   or without the checkpoint asked for."""
+
+
+class MissingCheckpointError(WorkdirError, FileNotFoundError):
+  """The workdir has no checkpoint of the kind asked for."""

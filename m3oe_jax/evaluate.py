@@ -16,11 +16,12 @@ import json
 
 import jax
 import ml_collections
-from absl import app, flags
+from absl import flags
 from etils import epath
 
 from m3oe_jax import checkpoint, cli, metrics, sharding
 from m3oe_jax.data import FeatureSchema, load_dataset
+from m3oe_jax.errors import ConfigError, MissingCheckpointError, WorkdirError
 from m3oe_jax.trainer import Evaluator
 
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint.")
@@ -39,22 +40,29 @@ def evaluate_checkpoint(workdir: str, split: str = "test", which: str = "best",
   `mesh` overrides fields of the saved config's mesh section (data, model,
   embedding_axis); by default the data axis spans every device.
   """
-  if not (epath.Path(workdir) / "checkpoints" / which).exists():
-    raise FileNotFoundError(f"no {which} checkpoint under {epath.Path(workdir) / 'checkpoints'}")
+  root = epath.Path(workdir) / "checkpoints"
+  if not (root / which).exists():
+    raise MissingCheckpointError(f"no {which} checkpoint under {root} (no such directory); "
+                                 "check --workdir, or pick another with --which")
   store = checkpoint.CheckpointStore(workdir, read_only=True)
   if store.latest_step(which) is None:
-    raise FileNotFoundError(f"no {which} checkpoint under {store.root}")
-  meta = store.read_meta(which)
+    raise MissingCheckpointError(f"no {which} checkpoint under {store.root}; check "
+                                 "--workdir, or pick another with --which")
+  try:
+    meta = store.read_meta(which)
+  except Exception as e:  # pylint: disable=broad-except
+    raise WorkdirError(f"the {which} checkpoint under {store.root} does not read "
+                       f"({type(e).__name__}: {str(e)[:300]})") from None
   config = ml_collections.ConfigDict(meta["config"])
   config.mesh.update({"data": -1, "model": 1, "embedding_axis": "", **(mesh or {})})
   dataset = load_dataset(config.data, config.get("variant"))
   saved = FeatureSchema.from_dict(meta["schema"]).model_signature()
   if saved != dataset.schema.model_signature():
-    raise ValueError(f"the data prepared from the checkpoint's config no longer matches "
+    raise WorkdirError(f"the data prepared from the checkpoint's config no longer matches "
                      f"its feature schema: checkpoint has {saved}, data has "
                      f"{dataset.schema.model_signature()}")
   if split not in dataset.splits:
-    raise ValueError(f"--split={split!r}: the data has splits {sorted(dataset.splits)}")
+    raise ConfigError(f"--split={split!r}: the data has splits {sorted(dataset.splits)}")
   evaluator = Evaluator(config, dataset, sharding.make_mesh(config.mesh))
   variables, _, _ = checkpoint.load_params(workdir, which, shardings=evaluator.shardings)
   result, _ = evaluator.evaluate(variables, split)
@@ -75,4 +83,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  cli.run(main)

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from m3oe_jax.errors import MissingCheckpointError
+
 SCHEMA_VERSION = 1
 PREDICT_FILE = "predict.jaxexport"
 SCHEMA_FILE = "schema.json"
@@ -243,13 +245,13 @@ def main(argv):
   try:
     paths = export_checkpoint(f.workdir, f.out, f.which, platforms, f.data_dir or None)
   except FileNotFoundError as e:
-    raise SystemExit(f"export: {e}") from None
+    raise MissingCheckpointError(str(e)) from None
   print(f"wrote {paths['predict']} and {paths['schema']}")
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("workdir", None, "The run's workdir.")
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from m3oe_jax import cli  # pylint: disable=g-import-not-at-top  (defines --workdir)
   flags.DEFINE_string("out", None, "Where to write predict.jaxexport and schema.json.")
   flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint.")
   flags.DEFINE_string("platforms", "", "Comma-separated platforms to lower for "
@@ -257,4 +259,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("data_dir", "", "Where the data was prepared, if not the "
                       "checkpoint's config.data.data_dir (for the vocabularies).")
   flags.mark_flags_as_required(["workdir", "out"])
-  app.run(main)
+  cli.run(main)

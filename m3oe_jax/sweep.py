@@ -408,5 +408,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from m3oe_jax import train as _train  # noqa: F401  (defines --config and --workdir)
-  app.run(main)
+  from m3oe_jax import cli, train as _train  # noqa: F401  (defines --config and --workdir)
+  cli.run(main)

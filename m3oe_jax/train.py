@@ -8,6 +8,7 @@ checkpoint; a finished run only re-reports its test metrics, and a larger
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import signal
@@ -16,14 +17,16 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from m3oe_jax import checkpoint, cli, metrics, sharding
 from m3oe_jax.data import load_dataset, pipeline
+from m3oe_jax.errors import ConfigError, UserError, WorkdirError
 from m3oe_jax.trainer import Trainer
+from m3oe_jax.workdir_lock import WorkdirLock
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 
@@ -31,9 +34,21 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 # best: the weights of the best validation mean AUC; reference: as the authors'
 # trainers, the best if early stopping fired and the last weights otherwise.
 TEST_WEIGHTS = ("best", "reference")
+# A loss above this multiple of its reference stops the run (config.divergence_factor).
+DIVERGENCE_FACTOR = 10.0
+DIVERGENCE_WINDOW = 100
 
 
-class NonFiniteLossError(FloatingPointError):
+class TrainingDivergedError(UserError, FloatingPointError):
+  """The loss ran away or a value became non-finite; the checkpoints already
+  saved hold the last good state."""
+
+
+class NonFiniteLossError(TrainingDivergedError):
+  pass
+
+
+class _PreemptedDuringStartup(Exception):
   pass
 
 
@@ -48,44 +63,90 @@ def _save(store, which, state, progress, config, schema, validation=None):
   if not bool(_all_finite(state.params)):
     raise NonFiniteLossError(
         f"non-finite parameters at step {int(state.step)}; stopping without saving. "
-        f"The checkpoints already in {store.root} are intact.")
+        f"The checkpoints already in {store.root} are intact. Lower "
+        "config.optimizer.model_lr and train in a new --workdir, or inspect the data.")
   store.save(which, state, progress, config, schema, validation)
 
 
-def _check_config(config: ml_collections.ConfigDict) -> None:
+def _numbers(node, prefix="config"):
+  """(dotted name, value) of every number in a config."""
+  for key, value in node.items():
+    if hasattr(value, "items"):
+      yield from _numbers(value, f"{prefix}.{key}")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      yield f"{prefix}.{key}", value
+    elif isinstance(value, (tuple, list)):
+      for i, v in enumerate(value):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+          yield f"{prefix}.{key}[{i}]", v
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses, before anything is prepared or compiled, config values that
+  cannot train: non-finite numbers, counts below 1, negative rates."""
+  for name, value in _numbers(config):
+    if not math.isfinite(value):
+      raise ConfigError(f"{name}={value}: every number in the config must be finite")
   for name in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
-               "checkpoint_every_steps"):
-    if int(config[name]) < 1:
-      raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
-  if int(config.patience) < 1:
-    raise ValueError(f"config.patience must be >= 1, got {config.patience}")
-  if config.optimizer.schedule == "darts" and int(config.optimizer.arch_every_steps) < 1:
-    raise ValueError("config.optimizer.arch_every_steps must be >= 1 for schedule 'darts'")
+               "checkpoint_every_steps", "patience"):
+    if int(config[name]) < 1 or int(config[name]) != config[name]:
+      raise ConfigError(f"config.{name} must be a whole number >= 1, got {config[name]}")
+  optimizer = config.optimizer
+  if not optimizer.model_lr > 0:
+    raise ConfigError(f"config.optimizer.model_lr must be > 0, got {optimizer.model_lr}")
+  for name in ("arch_lr", "weight_decay", "lr_decay_every_epochs"):
+    if optimizer.get(name, 0) < 0:
+      raise ConfigError(f"config.optimizer.{name} must be >= 0, got {optimizer[name]}")
+  if not optimizer.get("lr_decay_factor", 1.0) > 0:
+    raise ConfigError("config.optimizer.lr_decay_factor must be > 0, got "
+                      f"{optimizer.lr_decay_factor}")
+  if optimizer.schedule == "darts" and int(optimizer.arch_every_steps) < 1:
+    raise ConfigError("config.optimizer.arch_every_steps must be >= 1 for schedule 'darts'")
+  factor = config.get("divergence_factor", DIVERGENCE_FACTOR)
+  if factor != 0 and not factor > 1:
+    raise ConfigError(f"config.divergence_factor must be 0 (no check) or > 1, got {factor}")
   if config.get("test_weights", "best") not in TEST_WEIGHTS:
-    raise ValueError(f"config.test_weights={config.test_weights!r}; expected one of "
-                     f"{TEST_WEIGHTS}")
+    raise ConfigError(f"config.test_weights={config.test_weights!r}; expected one of "
+                      f"{TEST_WEIGHTS}")
 
 
 class _PreemptionWatch:
   """Notes SIGTERM so the loop can save at the current step and exit cleanly.
 
-  One process: a Python SIGTERM handler. Several processes: JAX's preemption
-  service (started by jax.distributed.initialize) catches the signal in any
-  process and agrees with the others on one step at which all of them stop.
+  One process: a Python SIGTERM handler. Until `training_started()`, a SIGTERM
+  stops the start-up at once (nothing has been trained, so nothing is saved, and
+  the command exits 0); after it, the loop saves at the current step. Several
+  processes: JAX's preemption service (started by jax.distributed.initialize)
+  catches the signal in any process and agrees with the others on one step at
+  which all of them stop.
   """
 
   def __init__(self):
     self.requested = False
+    self.started = False
+    self.previous = None
     if jax.process_count() > 1:
       return
     try:
-      signal.signal(signal.SIGTERM, self._handle)
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread (e.g. a notebook worker): no handler
       pass
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
+    if not self.started:
+      raise _PreemptedDuringStartup()
+
+  def training_started(self) -> None:
+    self.started = True
+    if self.requested:
+      raise _PreemptedDuringStartup()
+
+  def close(self) -> None:
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+      self.previous = None
 
   def should_stop(self, step_number: int) -> bool:
     """Call at every step, in every process."""
@@ -97,7 +158,8 @@ class _PreemptionWatch:
 class _Logger:
   """Progress lines on the console, scalars to TensorBoard (process 0 only)."""
 
-  def __init__(self, workdir: epath.Path, total_steps: int, batch_size: int):
+  def __init__(self, workdir: epath.Path, total_steps: int, batch_size: int,
+               divergence_factor: float, advice: str):
     self.writer = None
     self.workdir = workdir
     if jax.process_index() == 0:
@@ -107,6 +169,10 @@ class _Logger:
     self.batch_size = batch_size
     self.pending: list[tuple[int, jax.Array]] = []
     self.mark = (time.perf_counter(), None)
+    self.divergence_factor = divergence_factor
+    self.advice = advice
+    self.first_loss = None
+    self.recent = collections.deque(maxlen=DIVERGENCE_WINDOW)
 
   def add_loss(self, step_number: int, loss: jax.Array) -> None:
     self.pending.append((step_number, loss))
@@ -119,21 +185,36 @@ class _Logger:
     if len(self.pending) > 1:
       self.pending[-2][1].block_until_ready()
 
-  def check_finite(self) -> None:
-    """Raises on the first non-finite loss since the last check."""
-    values = jax.device_get([loss for _, loss in self.pending])
+  def check_health(self) -> None:
+    """Raises on the first non-finite or runaway loss since the last check.
+
+    Runaway: above `divergence_factor` times the smaller of the first loss this
+    process saw and the median of the last DIVERGENCE_WINDOW healthy losses, and
+    above that first loss (so a run that has converged to a tiny loss may still
+    fluctuate)."""
+    values = [float(v) for v in jax.device_get([loss for _, loss in self.pending])]
     for (step_number, _), value in zip(self.pending, values):
-      if not math.isfinite(float(value)):
-        raise NonFiniteLossError(
-            f"training loss is {float(value)} at step {step_number}; stopping. "
-            "Nothing after the last finite check was saved. Lower "
-            "config.optimizer.model_lr or inspect the data.")
-    self.values = [float(v) for v in values]
+      if not math.isfinite(value):
+        raise NonFiniteLossError(f"training loss is {value} at step {step_number}; "
+                                 f"stopping. {self.advice}")
+      if self.first_loss is None:
+        self.first_loss = value
+      reference = min(self.first_loss, float(np.median(self.recent))) if self.recent else None
+      if (self.divergence_factor and reference is not None and value > self.first_loss
+          and value > self.divergence_factor * reference):
+        raise TrainingDivergedError(
+            f"training diverged at step {step_number}: loss {value:.4g} is over "
+            f"config.divergence_factor={self.divergence_factor:g} times the reference "
+            f"{reference:.4g} (the smaller of the first loss and the median of the last "
+            f"{len(self.recent)}); stopping. {self.advice} A loss that legitimately "
+            "jumps may raise config.divergence_factor (0 turns the check off).")
+      self.recent.append(value)
+    self.values = values
 
   def flush_progress(self, step_number: int) -> None:
     if not self.pending:
       return
-    self.check_finite()
+    self.check_health()
     now = time.perf_counter()
     start_time, start_step = self.mark
     steps = step_number - (start_step if start_step is not None else self.pending[0][0] - 1)
@@ -199,28 +280,52 @@ def _preempted(logger: _Logger, store: checkpoint.CheckpointStore, step_number: 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains with early stopping, then evaluates the best weights on the test split.
 
-  Returns the test metrics (also written to `workdir/metrics.json`).
+  Returns the test metrics (also written to `workdir/metrics.json`). Holds the
+  workdir's lock throughout (one trainer per workdir). A SIGTERM before the
+  first step returns {"preempted": True, "step": None} without saving.
   """
+  check_config(config)
   workdir = epath.Path(workdir)  # local paths and gs:// alike
-  workdir.mkdir(parents=True, exist_ok=True)
-  _check_config(config)
+  preemption = _PreemptionWatch()
+  try:
+    with WorkdirLock(workdir):
+      return _train_and_evaluate(config, workdir, preemption)
+  except _PreemptedDuringStartup:
+    logging.info("SIGTERM during start-up: stopped before training; the workdir's "
+                 "checkpoints are as they were; rerun the same command to resume")
+    return {"preempted": True, "step": None}
+  finally:
+    preemption.close()
+
+
+def _train_and_evaluate(config, workdir: epath.Path, preemption: _PreemptionWatch) -> dict:
   dataset = load_dataset(config.data, config.get("variant"))
+  num_train = len(dataset.splits["train"])
+  if config.batch_size > num_train:
+    logging.warning("config.batch_size=%d is larger than the %d training rows: every epoch "
+                    "is one step on a padded batch", config.batch_size, num_train)
   mesh = sharding.make_mesh(config.mesh)
   trainer = Trainer(config, dataset, mesh)
   store = checkpoint.CheckpointStore(workdir)
   store.check_compatible(config, dataset.schema)
+  steps_per_epoch = pipeline.num_batches(num_train, config.batch_size)
 
-  if store.latest_step() is None:
+  resumed = store.restore_newest(trainer.abstract_state(), steps_per_epoch)
+  if resumed is None:
     state, progress = trainer.initial_state(config.seed), checkpoint.Progress()
   else:
-    state, progress, _ = store.restore("latest", trainer.abstract_state())
-    logging.info("resumed from %s at step %d (epoch %d, batch %d)", store.root,
-                 int(state.step), progress.epoch, progress.batch)
+    state, progress, which, step = resumed
+    logging.info("resumed from %s at step %d (epoch %d, batch %d)", store.root / which / str(step),
+                 step, progress.epoch, progress.batch)
 
-  steps_per_epoch = pipeline.num_batches(len(dataset.splits["train"]), config.batch_size)
-  logger = _Logger(workdir, steps_per_epoch * config.num_epochs, config.batch_size)
+  advice = (f"The checkpoints in {store.root} hold the last good state (nothing later "
+            "was saved). Lower config.optimizer.model_lr (now "
+            f"{config.optimizer.model_lr:g}) and train in a new --workdir (the learning "
+            "rate cannot change on resumption), or inspect the data.")
+  logger = _Logger(workdir, steps_per_epoch * config.num_epochs, config.batch_size,
+                   float(config.get("divergence_factor", DIVERGENCE_FACTOR)), advice)
   schedule = trainer.schedule
-  preemption = _PreemptionWatch()
+  preemption.training_started()
   preempted = False
 
   while not progress.stopped_early and progress.epoch < config.num_epochs:
@@ -237,11 +342,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step_number % config.log_every_steps == 0:
         logger.flush_progress(step_number)
       if step_number % config.checkpoint_every_steps == 0 and index + 1 < steps_per_epoch:
-        logger.check_finite()
+        logger.check_health()
         _save(store, "latest", state, progress, config, dataset.schema)
       preempted = preemption.should_stop(step_number)
       if preempted and index + 1 < steps_per_epoch:
-        logger.check_finite()
+        logger.check_health()
         _save(store, "latest", state, progress, config, dataset.schema)
         return _preempted(logger, store, step_number)
     logger.flush_progress(int(state.step))
@@ -275,10 +380,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       return _preempted(logger, store, int(state.step))
   logger.close()
 
-  if store.latest_step("best") is None:
-    raise RuntimeError("no validation AUC was ever defined (every (domain, task) pair of "
-                       "the validation split has a single label class); nothing to test")
-  best_state, best_progress, _ = store.restore("best", trainer.abstract_state())
+  best_state, best_progress = _restore_best(store, trainer, progress)
   if config.get("test_weights", "best") == "reference" and not progress.stopped_early:
     tested, tested_state = "last", state
   else:
@@ -308,11 +410,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return result
 
 
+def _restore_best(store: checkpoint.CheckpointStore, trainer: Trainer,
+                  progress: checkpoint.Progress):
+  """The best checkpoint's state and progress, or a clear error saying why there is none."""
+  if progress.best_step is None:
+    raise UserError("no validation AUC was ever defined (every (domain, task) pair of the "
+                    "validation split has a single label class); nothing to test")
+  if store.latest_step("best") != progress.best_step:
+    raise WorkdirError(
+        f"the run's best weights are step {progress.best_step}, but "
+        f"{store.root / 'best'} holds {store.latest_step('best')} (deleted or moved?). "
+        "Put it back, or evaluate the latest weights with `python -m m3oe_jax.evaluate "
+        "--which=latest`.")
+  try:
+    state, best_progress, _ = store.restore("best", trainer.abstract_state())
+  except WorkdirError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise WorkdirError(f"the best checkpoint {store.root / 'best' / str(progress.best_step)} "
+                       f"does not restore ({type(e).__name__}: {str(e)[:300]}); the "
+                       "run's other checkpoints are intact. Put back an intact copy, or "
+                       "evaluate the latest weights with --which=latest.") from None
+  return state, best_progress
+
+
 def main(argv):
   cli.start(argv)
-  train_and_evaluate(_CONFIG.value, cli.WORKDIR.value)
+  train_and_evaluate(cli.config_value(_CONFIG), cli.WORKDIR.value)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)

@@ -1,14 +1,27 @@
 """Small shared builders for the tests."""
 
 import os
+import pathlib
 import socket
 
 import jax
 import ml_collections
 import numpy as np
 
+from m3oe_jax import config_utils
 from m3oe_jax.data import synthetic
 from m3oe_jax.models import build_model, default_model_config, init_params
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_train_config(**overrides):
+  """configs/synthetic.py:tiny (3 epochs of 25 steps) with dotted-field overrides."""
+  from configs import synthetic as synthetic_config  # pylint: disable=g-import-not-at-top
+  config = synthetic_config.get_config("tiny")
+  for field, value in overrides.items():
+    config_utils.apply_override(config, field, value)
+  return config
 
 
 def model_config(name="m3oe", embed_dim=4, **options):

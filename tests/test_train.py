@@ -2,7 +2,6 @@
 
 import json
 import os
-import pathlib
 import random
 import signal
 import subprocess
@@ -13,20 +12,14 @@ import jax
 import numpy as np
 import pytest
 
-from configs import synthetic as synthetic_config
-from m3oe_jax import checkpoint, config_utils, evaluate, train
+from m3oe_jax import checkpoint, evaluate, train
 from m3oe_jax.data import load_dataset
+from m3oe_jax.errors import WorkdirError
 from m3oe_jax.models import build_model
 from tests import event_files
+from tests.helpers import REPO, tiny_train_config
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def tiny_config(**overrides):
-  config = synthetic_config.get_config("tiny")
-  for field, value in overrides.items():
-    config_utils.apply_override(config, field, value)
-  return config
+tiny_config = tiny_train_config
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +95,7 @@ def test_rerunning_a_finished_run_reports_the_same_metrics(finished_run):
 
 def test_incompatible_workdir_is_refused(finished_run, tmp_path):
   _, workdir, _ = finished_run
-  with pytest.raises(ValueError, match=r"model\.embed_dim"):
+  with pytest.raises(WorkdirError, match=r"model\.embed_dim"):
     train.train_and_evaluate(tiny_config(**{"model.embed_dim": 4}), str(workdir))
 
 

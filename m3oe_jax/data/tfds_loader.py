@@ -94,7 +94,7 @@ def make_builder(data_config):
       download=bool(_get(data_config, "download", True)))
   return cls(config=config, data_dir=data_dir, source_options=options,
              scratch_dir=_get(data_config, "scratch_dir", "") or None,
-             chunk_rows=int(_get(data_config, "chunk_rows", 1 << 20)))
+             chunk_rows=_get(data_config, "chunk_rows", 1 << 20))
 
 
 def is_prepared(builder) -> bool:
@@ -220,9 +220,10 @@ def load(data_config) -> Dataset:
 
 
 def main(argv):
-  del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
-  config = flags.FLAGS.config
+  from m3oe_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.start(argv)
+  config = cli.config_value(flags.FLAGS["config"])
   builder = prepare(config.data)
   schema = read_schema(builder)
   print(f"prepared: {builder.data_path}")
@@ -230,7 +231,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from m3oe_jax import cli  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", None, "experiment config (configs/*.py[:VARIANT])")
-  app.run(main)
+  cli.run(main)
