@@ -1,11 +1,13 @@
-"""Peak host memory of loading a checkpoint's variables: `checkpoint.load_params`
-(an orbax partial restore of `params` and `batch_stats`) against restoring the
-whole train state (parameters plus both Adam moments), as `load_params` did before.
+"""Peak host memory of loading a checkpoint's variables onto one device:
+`checkpoint.load_params` (`params` and `batch_stats` only, each chunk
+decompressed straight into its array) against orbax's partial restore of the
+same arrays (`load_params` with `shardings`, which goes through orbax) and
+against restoring the whole train state (parameters plus both Adam moments).
 
     python benchmarks/bench_load_params.py --workdir=/tmp/bench_load --rows=2000000
 
 Saves one checkpoint of the tiny synthetic M3oE with a `--rows`-row embedding
-table of width `--embed_dim`, then loads it in two fresh processes and prints,
+table of width `--embed_dim`, then loads it in three fresh processes and prints,
 as the last line, JSON: the variables' and the train state's bytes and each
 load's peak resident memory above the process's resident memory just before
 the load (Linux: VmHWM after resetting it through /proc/self/clear_refs).
@@ -72,6 +74,7 @@ def save(workdir: str, rows: int, embed_dim: int) -> dict:
 
 
 def load(workdir: str, mode: str) -> dict:
+  sys.path.insert(0, str(REPO))
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -80,8 +83,11 @@ def load(workdir: str, mode: str) -> dict:
   jax.devices()
   before = _rss()
   exact = _reset_peak()
-  if mode == "load_params":
-    variables, _, _ = checkpoint.load_params(workdir, "best")
+  if mode in ("load_params", "orbax_partial"):
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    on_one_device = lambda tree: jax.tree.map(lambda _: device, tree)
+    variables, _, _ = checkpoint.load_params(
+        workdir, "best", shardings=on_one_device if mode == "orbax_partial" else None)
     jax.block_until_ready(variables)
     loaded = _tree_bytes(variables)
   else:  # the whole train state onto one device, then keep only the variables
@@ -124,13 +130,13 @@ def main():
     return json.loads(out.stdout.strip().splitlines()[-1])
 
   report = run("save")
-  for mode in ("load_params", "full_restore"):
+  for mode in ("load_params", "orbax_partial", "full_restore"):
     result = run(mode)
     report[f"{mode}_peak_bytes"] = result["peak_bytes"]
     report[f"{mode}_loaded_bytes"] = result["loaded_bytes"]
     report["exact_peak"] = result["exact_peak"]
-  for key in ("load_params", "full_restore"):
-    print(f"{key:>12}: peak {report[f'{key}_peak_bytes'] / 2**20:8.1f} MiB "
+  for key in ("load_params", "orbax_partial", "full_restore"):
+    print(f"{key:>13}: peak {report[f'{key}_peak_bytes'] / 2**20:8.1f} MiB "
           f"({report[f'{key}_peak_bytes'] / report['variable_bytes']:.2f}x the variables' "
           f"{report['variable_bytes'] / 2**20:.1f} MiB; train state "
           f"{report['state_bytes'] / 2**20:.1f} MiB)")

@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+import zstandard
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
@@ -32,6 +33,9 @@ from m3oe_jax.errors import MissingCheckpointError, WorkdirError
 # Config fields that may change between a run and its resumption.
 RESUMABLE_CHANGES = ("num_epochs", "patience", "log_every_steps", "checkpoint_every_steps",
                      "eval_batch_size", "divergence_factor", "mesh.")
+# Fields added to the config since checkpoints were first written, and the value a
+# checkpoint without them was trained with.
+ADDED_FIELDS = {"model.dtype": "float32"}
 # Under checkpoints/: checkpoints that failed to restore, moved aside for inspection.
 DAMAGED = "damaged"
 
@@ -85,7 +89,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_differences(saved: dict, current: dict) -> list[str]:
   """Fields that differ between two configs and may not change on resumption."""
-  a, b = _flatten(saved), _flatten(current)
+  a, b = {**ADDED_FIELDS, **_flatten(saved)}, _flatten(current)
   model_names = {saved.get("model", {}).get("name"), current.get("model", {}).get("name")}
   diffs = []
   for key in sorted(set(a) | set(b)):
@@ -305,39 +309,6 @@ class CheckpointStore:
 
 # Compressed bytes fetched per read while streaming a chunk into its array.
 _READ_PIECE_BYTES = 1 << 20
-# Once looked up: [(libzstd, its ZSTD_inBuffer/ZSTD_outBuffer struct)], or [None].
-_ZSTD = []
-
-
-def _libzstd():
-  """The system's libzstd through ctypes (for streaming decompression into an
-  array we own), or None where there is none."""
-  if not _ZSTD:
-    import ctypes  # pylint: disable=g-import-not-at-top
-    import ctypes.util  # pylint: disable=g-import-not-at-top
-    name = ctypes.util.find_library("zstd")
-    try:
-      lib = ctypes.CDLL(name) if name else None
-    except OSError:
-      lib = None
-    if lib is None:
-      _ZSTD.append(None)
-      return None
-
-    class Buffer(ctypes.Structure):
-      _fields_ = [("data", ctypes.c_void_p), ("size", ctypes.c_size_t),
-                  ("pos", ctypes.c_size_t)]
-
-    lib.ZSTD_createDCtx.restype = ctypes.c_void_p
-    lib.ZSTD_createDCtx.argtypes = []
-    lib.ZSTD_freeDCtx.argtypes = [ctypes.c_void_p]
-    lib.ZSTD_decompressStream.restype = ctypes.c_size_t
-    lib.ZSTD_decompressStream.argtypes = [ctypes.c_void_p, ctypes.POINTER(Buffer),
-                                          ctypes.POINTER(Buffer)]
-    lib.ZSTD_isError.restype = ctypes.c_uint
-    lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
-    _ZSTD.append((lib, Buffer))
-  return _ZSTD[0]
 
 
 def _value_piece(kvstore, key: str, start: int) -> bytes | None:
@@ -350,46 +321,41 @@ def _value_piece(kvstore, key: str, start: int) -> bytes | None:
   return result.value if result.state == "value" else None
 
 
-def _unzstd_chunk_into(kvstore, key: str, out: np.ndarray, zstd) -> bool:
+def _unzstd_chunk_into(kvstore, key: str, out: np.ndarray) -> bool:
   """Fills the contiguous array `out` with the chunk stored under `key` (one zstd
-  frame), decompressing one piece at a time. False if the chunk is missing or
-  does not decode to exactly `out`'s bytes."""
-  import ctypes  # pylint: disable=g-import-not-at-top
-  lib, buffer = zstd
-  dest = buffer(out.ctypes.data, out.nbytes, 0)
-  context = lib.ZSTD_createDCtx()
-  try:
-    start, left = 0, 1  # left: 0 once the frame is complete
-    while left:
-      piece = _value_piece(kvstore, key, start)
-      if not piece:
-        return False
-      start += len(piece)
-      src = buffer(ctypes.cast(ctypes.c_char_p(piece), ctypes.c_void_p), len(piece), 0)
-      while left and src.pos < src.size:
-        progress = (src.pos, dest.pos)
-        left = lib.ZSTD_decompressStream(context, ctypes.byref(dest), ctypes.byref(src))
-        if lib.ZSTD_isError(left) or (left and progress == (src.pos, dest.pos)):
-          return False
-    return dest.pos == dest.size and src.pos == src.size and (
-        _value_piece(kvstore, key, start) == b"")
-  finally:
-    lib.ZSTD_freeDCtx(context)
+  frame), fetching and decompressing one piece at a time. False if the chunk is
+  missing or does not decode to exactly `out`'s bytes."""
+  target = out.reshape(-1).view(np.uint8)
+  frame = zstandard.ZstdDecompressor().decompressobj()
+  start = written = 0
+  while not frame.eof:
+    piece = _value_piece(kvstore, key, start)
+    if not piece:
+      return False
+    start += len(piece)
+    try:
+      data = frame.decompress(piece)
+    except zstandard.ZstdError:
+      return False
+    if written + len(data) > target.size:
+      return False
+    target[written:written + len(data)] = np.frombuffer(data, np.uint8)
+    written += len(data)
+  return written == target.size and not frame.unused_data and (
+      _value_piece(kvstore, key, start) == b"")
 
 
 def _stream_array(store) -> np.ndarray | None:
   """The whole array of an opened zarr (v2) tensorstore whose chunks are zstd
   frames, each chunk decompressed straight into the result, so that no chunk's
-  compressed bytes are held whole; None for any other layout, or without
-  libzstd (the caller then lets tensorstore read it). The result is 64-byte
+  compressed bytes are held whole; None for any other layout (the caller then
+  lets tensorstore read it). The result is 64-byte
   aligned, which lets jax use it in place on a CPU device."""
   spec = store.spec().to_json()
   meta = spec.get("metadata", {})
   dtype = np.dtype(store.dtype.numpy_dtype)
-  zstd = _libzstd()
   if (spec.get("driver") != "zarr" or (meta.get("compressor") or {}).get("id") != "zstd"
-      or meta.get("order") != "C" or meta.get("filters") or meta.get("dtype") != dtype.str
-      or zstd is None):
+      or meta.get("order") != "C" or meta.get("filters") or meta.get("dtype") != dtype.str):
     return None
   shape, chunks = tuple(meta["shape"]), tuple(meta["chunks"])
   size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -402,12 +368,11 @@ def _stream_array(store) -> np.ndarray | None:
     key = separator.join(map(str, index)) if shape else "0"
     region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, shape))
     if not shape or (chunks[1:] == shape[1:] and region[0].stop - region[0].start == chunks[0]):
-      if not _unzstd_chunk_into(store.kvstore, key, out[region] if shape else out.reshape(1),
-                                zstd):
+      if not _unzstd_chunk_into(store.kvstore, key, out[region] if shape else out.reshape(1)):
         return None
     else:
       scratch = np.empty(chunks, dtype) if scratch is None else scratch
-      if not _unzstd_chunk_into(store.kvstore, key, scratch, zstd):
+      if not _unzstd_chunk_into(store.kvstore, key, scratch):
         return None
       out[region] = scratch[tuple(slice(0, r.stop - r.start) for r in region)]
   out.flags.writeable = False
@@ -458,9 +423,8 @@ def load_params(workdir: str | epath.PathLike, which: str = "best", step: int | 
   load peaks at about 1.14 times the variables' bytes for a 98 MiB table and 1.03
   for a 489 MiB one (benchmarks/bench_load_params.py; the excess is about 13 MiB
   whatever the size), against two for orbax's restore of the same
-  arrays and six for a whole-state restore. That needs the system's libzstd;
-  without it, or for a layout other than what `CheckpointStore` writes, an array
-  is read whole by tensorstore (about twice its bytes).
+  arrays and six for a whole-state restore. A layout other than what
+  `CheckpointStore` writes is read whole by tensorstore (about twice its bytes).
 
   `shardings` (for `m3oe_jax.evaluate` on a mesh): a function from the tree of
   `jax.ShapeDtypeStruct`s of the variables to lay out to a matching tree of

@@ -130,8 +130,8 @@ def test_missing_checkpoint_is_one_clear_message(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "m3oe_jax.export", f"--workdir={tmp_path / 'none'}",
        f"--out={tmp_path / 'out'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert result.returncode != 0
-  assert "export: no best checkpoint under" in result.stderr
+  assert result.returncode == 2
+  assert "m3oe_jax.export: error: no best checkpoint under" in result.stderr
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "out").exists()
 
@@ -197,7 +197,120 @@ def test_load_params_reads_about_the_parameters_bytes(tmp_path):
   report = json.loads(result.stdout.strip().splitlines()[-1])
   params = report["variable_bytes"]
   assert report["state_bytes"] > 2.5 * params
-  # Measured: about 2.1x the variables (orbax's read buffer, then the device
-  # array), against about 6x for the whole state (2 x its 3x).
-  assert report["load_params_peak_bytes"] < 2.5 * params, report
-  assert report["full_restore_peak_bytes"] > 2 * report["load_params_peak_bytes"], report
+  # Measured: 1.13-1.14x the variables (the arrays, orbax's metadata, one 1 MiB
+  # piece of compressed bytes at a time), against 2.07x for orbax's restore of
+  # the same arrays and 6x for the whole state (2 x its 3x).
+  assert report["load_params_peak_bytes"] < 1.3 * params, report
+  assert report["orbax_partial_peak_bytes"] > 1.5 * report["load_params_peak_bytes"], report
+  assert report["full_restore_peak_bytes"] > 4 * report["load_params_peak_bytes"], report
+
+
+# Saves, on a 4x2 mesh of simulated devices, arrays laid out every way a train
+# state's can be, in a checkpoint shaped like CheckpointStore's, and the same
+# values as .npy files to compare with.
+SAVE_ON_A_MESH = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    import orbax.checkpoint as ocp
+    from etils import epath
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    workdir, schema = epath.Path(sys.argv[1]), json.loads(sys.argv[2])
+    mesh = jax.make_mesh((4, 2), ("data", "model"))
+    rng = np.random.default_rng(0)
+    normal = lambda *shape: rng.normal(size=shape).astype(np.float32)
+    def put(x, *spec):
+      return jax.device_put(x, NamedSharding(mesh, P(*spec)))
+    state = {
+        "params": {
+            "rows": put(normal(4096, 16), "data"),
+            "rows_cols": put(normal(64, 10), "data", "model"),
+            "cols": put(normal(24, 6), None, "model"),
+            "whole": put(normal(300, 7)),
+            "zeros": put(np.zeros((64, 8), np.float32), "data"),
+            "scalar": put(np.float32(3.5)),
+            "ints": put(np.arange(40, dtype=np.int8), "model"),
+            "flags": put(rng.random(12) < 0.5),
+            "half": put(normal(8, 8).astype(jnp.bfloat16)),
+        },
+        "batch_stats": {"mean": put(normal(32), "model")},
+        "opt_state": {"mu": put(normal(4096, 16), "data")},
+    }
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    mngr = ocp.CheckpointManager(
+        workdir / "checkpoints" / "best", item_handlers=handlers,
+        options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False))
+    mngr.save(7, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave({"config": {"seed": 3}, "schema": schema})))
+    mngr.wait_until_finished()
+    for path, leaf in jax.tree.flatten_with_path(state)[0]:
+      name = ".".join(k.key for k in path)
+      np.save(workdir / f"{name}.npy", np.asarray(leaf.astype(jnp.float32)
+                                                  if leaf.dtype == jnp.bfloat16 else leaf))
+""")
+
+
+def test_load_params_reads_every_layout_exactly(tmp_path, monkeypatch):
+  """Arrays written on a mesh in chunks of whole rows, of rows and columns, of
+  columns, in one chunk, 0-d, of several dtypes, come back exactly onto one
+  device: streamed, except bfloat16, which tensorstore reads whole (and every
+  array when streaming is turned off)."""
+  from tests.helpers import cpu_env  # pylint: disable=g-import-not-at-top
+  schema = {"sparse_names": ["a"], "vocab_sizes": [5], "dense_names": [],
+            "domain_names": ["d0"], "task_names": ["click"]}
+  subprocess.run([sys.executable, "-c", SAVE_ON_A_MESH, str(tmp_path), json.dumps(schema)],
+                 check=True, cwd=REPO, env=cpu_env(8), timeout=300)
+  streamed = []
+  stream = checkpoint._stream_array  # pylint: disable=protected-access
+
+  def counted(store):
+    out = stream(store)
+    if out is not None:
+      streamed.append(store.kvstore.path.rstrip("/"))
+    return out
+
+  monkeypatch.setattr(checkpoint, "_stream_array", counted)
+  device = jax.local_devices()[0]
+  everything = {"params.rows", "params.rows_cols", "params.cols", "params.whole",
+                "params.zeros", "params.scalar", "params.ints", "params.flags",
+                "batch_stats.mean"}
+  for streaming, want_streamed in ((True, everything), (False, set())):
+    if not streaming:
+      monkeypatch.setattr(checkpoint, "_stream_array", lambda store: None)
+    streamed.clear()
+    variables, loaded_schema, config = checkpoint.load_params(tmp_path, "best", step=7)
+    assert config.seed == 3 and loaded_schema.task_names == ("click",)
+    assert set(variables) == {"params", "batch_stats"}
+    for path, leaf in jax.tree.flatten_with_path(variables)[0]:
+      name = ".".join(k.key for k in path)
+      want = np.load(tmp_path / f"{name}.npy")
+      assert leaf.devices() == {device}, name
+      got = np.asarray(leaf.astype(np.float32) if leaf.dtype == jax.numpy.bfloat16 else leaf)
+      assert got.dtype == want.dtype and got.shape == want.shape, name
+      np.testing.assert_array_equal(got, want, err_msg=name)
+    assert set(streamed) == want_streamed, streaming
+
+
+def test_stream_array_fills_edge_chunks_and_hands_other_layouts_to_tensorstore():
+  """Chunks that overhang the array's end or split its rows are cut to fit;
+  Fortran order and big-endian data (which the streaming reader does not lay
+  out) give None, for tensorstore to read."""
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  data = rng.normal(size=(20, 8))
+  for chunks, order, dtype, streams in (([7, 3], "C", "<f4", True), ([7, 8], "C", "<f4", True),
+                                        ([20, 8], "C", "<i4", True), ([7, 8], "F", "<f4", False),
+                                        ([7, 8], "C", ">f4", False)):
+    want = (data * 1e6).astype(np.dtype(dtype).newbyteorder("="))
+    store = ts.open({"driver": "zarr", "kvstore": {"driver": "memory"}, "create": True,
+                     "metadata": {"shape": [20, 8], "chunks": chunks, "dtype": dtype,
+                                  "order": order, "compressor": {"id": "zstd"}}}).result()
+    store.write(want).result()
+    got = checkpoint._stream_array(store)  # pylint: disable=protected-access
+    if not streams:
+      assert got is None, (chunks, order, dtype)
+      continue
+    np.testing.assert_array_equal(got, want)
+    assert got.ctypes.data % 64 == 0 and not got.flags.writeable
+    assert jax.device_put(got, jax.devices("cpu")[0], may_alias=True).unsafe_buffer_pointer() == (
+        got.ctypes.data)
