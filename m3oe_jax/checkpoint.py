@@ -89,7 +89,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_differences(saved: dict, current: dict) -> list[str]:
   """Fields that differ between two configs and may not change on resumption."""
-  a, b = {**ADDED_FIELDS, **_flatten(saved)}, _flatten(current)
+  a, b = {**ADDED_FIELDS, **_flatten(saved)}, {**ADDED_FIELDS, **_flatten(current)}
   model_names = {saved.get("model", {}).get("name"), current.get("model", {}).get("name")}
   diffs = []
   for key in sorted(set(a) | set(b)):
