@@ -17,6 +17,7 @@ import zipfile
 
 import jax
 import numpy as np
+import pytest
 
 from configs import movielens as movielens_config
 from configs import synthetic as synthetic_config
@@ -98,6 +99,7 @@ def _serve(jobs: dict, tmp_path) -> dict:
   return dict(np.load(outputs))
 
 
+@pytest.mark.slow
 def test_every_model_exports_and_serves_without_m3oe_jax(tmp_path):
   jobs, expected = {}, {}
   for name in sorted(MODELS):
@@ -126,6 +128,7 @@ def test_every_model_exports_and_serves_without_m3oe_jax(tmp_path):
     assert want.std() > 1e-3, key  # the predictions depend on the inputs
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_is_one_clear_message(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "m3oe_jax.export", f"--workdir={tmp_path / 'none'}",
@@ -187,6 +190,7 @@ def test_raw_ids_map_through_the_vocabularies_of_prepared_data(tmp_path):
   np.testing.assert_allclose(np.asarray(exp.call(batch)), np.asarray(want), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_load_params_reads_about_the_parameters_bytes(tmp_path):
   """Peak host memory of a load scales with the variables' bytes, not with the
   whole train state's (3x: both Adam moments); see benchmarks/bench_load_params.py."""

@@ -44,6 +44,7 @@ def _kernel(tmp_path) -> str:
   return str(tmp_path / "jupyter")
 
 
+@pytest.mark.slow
 def test_notebook_runs_end_to_end_on_two_tiny_runs(tmp_path, monkeypatch):
   nbclient = pytest.importorskip("nbclient")
   from m3oe_jax import train

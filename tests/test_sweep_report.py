@@ -268,6 +268,7 @@ def tiny_sweep(tmp_path_factory):
   return root, config, counts, out.getvalue()
 
 
+@pytest.mark.slow
 def test_tiny_sweep_runs_records_and_reports(tiny_sweep, tmp_path):
   root, config, counts, printed = tiny_sweep
   assert counts == {"finished": 4, "skipped": 0, "failed": 2}
@@ -313,6 +314,7 @@ def test_tiny_sweep_runs_records_and_reports(tiny_sweep, tmp_path):
   assert {r.name: r.status for r in runs}["mmoe-mdmt/all/seed2023"] == "missing"
 
 
+@pytest.mark.slow
 def test_tiny_sweep_rerun_skips_finished_runs(tiny_sweep):
   root, config, _, _ = tiny_sweep
   called = []
@@ -354,6 +356,7 @@ def test_dry_run_prints_one_launcher_command_per_run(launcher, first, tmp_path):
   assert len(json.loads((tmp_path / "sweep.json").read_text())["runs"]) == 12
 
 
+@pytest.mark.slow
 def test_dry_run_command_line_and_the_launchers_accept_it(tmp_path):
   """`python -m m3oe_jax.sweep --dry_run`, then each printed slurm command given to the
   real launcher in its own dry-run mode (which checks its flags)."""

@@ -35,6 +35,7 @@ def test_bad_generator_settings_name_the_field():
     synthetic.make_dataset(tiny_data_config(num_domains=0))
 
 
+@pytest.mark.slow
 def test_m3oe_reaches_bayes_optimal_auc_on_every_pair(tmp_path):
   result = train.train_and_evaluate(synthetic_config.get_config(), str(tmp_path))
   model, bayes = result["test"]["pairs"], result["bayes_optimal_test"]["pairs"]

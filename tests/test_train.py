@@ -147,6 +147,7 @@ def _wait_for_checkpoint(proc, workdir):
     time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_then_rerun_gives_the_same_metrics(tmp_path,
                                                                   uninterrupted_metrics):
   env = ENV
@@ -164,6 +165,7 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_same_metrics(tmp_path,
   assert got == uninterrupted_metrics
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_exits_cleanly_and_resumes_exactly(
     tmp_path, uninterrupted_metrics):
   workdir = tmp_path / "preempted"

@@ -118,6 +118,7 @@ def _same_prepared_data(cfg, clean):
   assert a == b
 
 
+@pytest.mark.slow
 def test_rerun_after_sigkill_cleans_up_and_gives_the_same_data(raw, tmp_path):
   top, child, clean = raw
   data, scratch = tmp_path / "tfds", tmp_path / "scratch"
@@ -142,6 +143,7 @@ def test_rerun_after_sigkill_cleans_up_and_gives_the_same_data(raw, tmp_path):
   assert _tree(scratch) == []
 
 
+@pytest.mark.slow
 def test_two_preparations_at_once_do_the_work_once(raw, tmp_path):
   top, child, clean = raw
   data, scratch = tmp_path / "tfds", tmp_path / "scratch"
@@ -161,6 +163,7 @@ def test_two_preparations_at_once_do_the_work_once(raw, tmp_path):
   assert _tree(scratch) == []
 
 
+@pytest.mark.slow
 def test_a_waiting_preparation_takes_over_when_the_holder_is_killed(raw, tmp_path):
   top, child, clean = raw
   data, scratch = tmp_path / "tfds", tmp_path / "scratch"

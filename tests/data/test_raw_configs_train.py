@@ -55,6 +55,7 @@ def test_tiny_archive_checksum_matches_the_config(name):
       "prints it)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_tiny_offline_short_training_run(name, tmp_path):
   train = pytest.importorskip("m3oe_jax.train")
