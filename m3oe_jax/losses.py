@@ -1,4 +1,7 @@
-"""Training losses, computed from logits, with a `mask` for padded rows."""
+"""Training losses, computed from logits, with a `mask` for padded rows.
+
+Whatever the dtype of the logits (a bfloat16 model's, say), the sigmoid, the BCE
+and the sums are float32."""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ def group_bce(logits: jax.Array, labels: jax.Array, domain: jax.Array,
               mask: jax.Array, num_domains: int) -> jax.Array:
   """[D, T]: the mean BCE of each domain's (unmasked) examples, per task; 0 for a
   domain with no example in the batch."""
-  bce = optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))  # [B, T]
-  members = jax.nn.one_hot(domain, num_domains, dtype=logits.dtype) * mask[:, None]
+  logits = logits.astype(jnp.float32)
+  bce = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))   # [B, T]
+  members = jax.nn.one_hot(domain, num_domains, dtype=jnp.float32) * mask[:, None]
   sums = members.T @ bce                                                          # [D, T]
   counts = jnp.sum(members, axis=0)[:, None]                                      # [D, 1]
   return jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), 0.0)
@@ -31,7 +35,8 @@ def mean_loss(logits: jax.Array, labels: jax.Array, domain: jax.Array,
               mask: jax.Array, num_domains: int) -> jax.Array:
   """Plain mean BCE over all (unmasked) examples and tasks."""
   del domain, num_domains
-  bce = optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
+  logits = logits.astype(jnp.float32)
+  bce = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))
   total = jnp.sum(bce * mask[:, None])
   return total / jnp.maximum(jnp.sum(mask) * logits.shape[-1], 1.0)
 

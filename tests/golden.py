@@ -4,12 +4,18 @@ authors' PyTorch classes) and building the model a file describes.
 Files live in `tests/assets/golden/` (M3oE) and `tests/assets/golden/baselines/`;
 the environment variables M3OE_GOLDEN_DIR and M3OE_BASELINE_GOLDEN_DIR point the
 tests at other folders of files in the same format (M3OE_GOLDEN at one M3oE file).
+
+The comparisons are with PyTorch's float32 arithmetic: `build` makes float32
+models, and the checks run inside `exact()`, float32 matmuls at the highest
+precision (GPUs and TPUs otherwise run float32 matmuls in fewer-bit passes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -18,6 +24,30 @@ from m3oe_jax.data.schema import FeatureSchema
 from m3oe_jax.models import build_model, default_model_config, import_weights, init_variables
 
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets" / "golden"
+PRECISION = "highest"
+
+
+@contextlib.contextmanager
+def exact():
+  """Float32 matmuls at the highest precision on every backend, for the block inside."""
+  with jax.default_matmul_precision(PRECISION):
+    yield
+
+
+def lowered_matmuls(fn, *args) -> list[str]:
+  """The StableHLO dot_general lines of `fn(*args)` as jit lowers it here and now."""
+  text = jax.jit(fn).lower(*args).as_text()
+  return [line.strip() for line in text.splitlines() if re.search(r"\bdot_general\b", line)]
+
+
+def assert_float32_at_highest_precision(fn, *args) -> None:
+  """Every matmul of `fn(*args)` takes float32 operands at HIGHEST precision."""
+  matmuls = lowered_matmuls(fn, *args)
+  assert matmuls, "no matmul found"
+  for line in matmuls:
+    assert "precision = [HIGHEST, HIGHEST]" in line, line
+    operands = re.findall(r"tensor<([^>]*)>", line)
+    assert operands and all(t.endswith("xf32") or t == "f32" for t in operands), line
 
 
 def m3oe_files() -> list[pathlib.Path]:
@@ -80,6 +110,7 @@ def build(golden: dict, **option_overrides):
   config = section(golden, "config")
   name = str(config.get("model", "m3oe"))
   model_config = default_model_config(name)
+  model_config.dtype = "float32"
   model_config.embed_dim = int(config["emb"])
   model_config[name].update({**OPTIONS[name](config), **option_overrides})
   schema = schema_of(golden)
@@ -106,15 +137,34 @@ def train_forward(model, variables, batch):
   return logits[0], mutated.get("batch_stats", {})
 
 
-def mdmt_gradients(model, variables, batch, labels, num_domains: int) -> dict[str, np.ndarray]:
+def mdmt_loss_fn(model, variables, batch, labels, num_domains: int):
+  """params -> the train-mode MDMT loss on `batch`."""
   from m3oe_jax import losses
-  from m3oe_jax.models import export_weights
 
   def loss_fn(params):
     logits, _ = train_forward(model, {**variables, "params": params}, batch)
     return losses.mdmt_loss(logits, labels, batch["domain"], batch["mask"], num_domains)
 
+  return loss_fn
+
+
+def mdmt_gradients(model, variables, batch, labels, num_domains: int) -> dict[str, np.ndarray]:
+  from m3oe_jax.models import export_weights
+  loss_fn = mdmt_loss_fn(model, variables, batch, labels, num_domains)
   return export_weights(jax.jit(jax.grad(loss_fn))(variables["params"]))
+
+
+def check_precision_of(golden: dict) -> None:
+  """The file's model, its train-mode gradient and eval-mode forward, lower to float32
+  matmuls at HIGHEST precision (call inside `exact()`), and would not outside it."""
+  model, variables, schema = build(golden)
+  batch = batch_of(golden)
+  loss_fn = mdmt_loss_fn(model, variables, batch, golden["inputs/labels"], schema.num_domains)
+  assert_float32_at_highest_precision(jax.grad(loss_fn), variables["params"])
+  assert_float32_at_highest_precision(lambda v: model.apply(v, batch, train=False)[0],
+                                      variables)
+  with jax.default_matmul_precision("default"):
+    assert all("HIGHEST" not in line for line in lowered_matmuls(loss_fn, variables["params"]))
 
 
 def assert_gradients_match(got: dict, want: dict) -> None:

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from m3oe_jax.data.schema import FeatureSchema
-from m3oe_jax.models.base import SHARED_FIELDS, RankingModel, model_options
+from m3oe_jax.models.base import SHARED_FIELDS, RankingModel, model_options, resolve_dtype
 
 # name -> "module:Class". The name selects the model (`--config.model.name=mmoe`).
 MODELS = {
@@ -56,6 +56,7 @@ def default_model_config(name: str = "m3oe") -> ml_collections.ConfigDict:
   config.embed_dim = 16
   config.embed_init_std = 1e-4
   config.embed_rows_multiple = 1
+  config.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (models/base.py)
   for registered in MODELS:
     config[registered] = ml_collections.ConfigDict(model_options(model_class(registered)))
   return config
@@ -75,6 +76,8 @@ def build_model(config: ml_collections.ConfigDict, schema: FeatureSchema) -> Ran
     raise ValueError(f"config.model.{config.name} has fields {unknown} that model "
                      f"{config.name!r} does not take; its options are {sorted(options)}")
   shared = {field: config[field] for field in SHARED_FIELDS if field in config}
+  if "dtype" in shared:
+    resolve_dtype(shared["dtype"])
   options.update(given)
   return cls(feature_names=tuple(schema.sparse_names), vocab_sizes=tuple(schema.vocab_sizes),
              num_domains=schema.num_domains, num_tasks=schema.num_tasks,

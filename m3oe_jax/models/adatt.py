@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import (Dense, bank, select_domain, torch_linear_bias_init,
-                                    torch_linear_kernel_init)
+from m3oe_jax.models.layers import (Dense, bank, like, select_domain, softmax32,
+                                    torch_linear_bias_init, torch_linear_kernel_init)
 
 
 def symmetric_uniform(bound: float):
@@ -59,7 +59,7 @@ class ReluStack(nn.Module):
       fan_in = x.shape[-1]
       kernel = self.param("kernel" + suffix, torch_linear_kernel_init, (fan_in, width))
       bias = self.param("bias" + suffix, torch_linear_bias_init(fan_in), (width,))
-      x = jax.nn.relu(x @ kernel + bias)
+      x = jax.nn.relu(x @ like(kernel, x) + like(bias, x))
     return x
 
 
@@ -95,7 +95,7 @@ class ExpertLevels(nn.Module):
 class HeadGateLevels(nn.Module):
   """The per-head gates of each level, `layer<l>`, stacked [D, T]: softmax over
   the `size` experts of the level. Level 0 reads the shared input [B, F]; later
-  levels read each head's own input [D, T, B, in]. Returns [D, T, B, size]."""
+  levels read each head's own input [D, T, B, in]. Returns [D, T, B, size], float32."""
   num_domains: int
   num_tasks: int
   size: int
@@ -105,16 +105,16 @@ class HeadGateLevels(nn.Module):
     in_axes = None if level == 0 else 0
     gates = bank(bank(Dense, self.num_tasks, in_axes=in_axes), self.num_domains,
                  in_axes=in_axes)(self.size, name=f"layer{level}")
-    return jax.nn.softmax(gates(inputs), axis=-1)
+    return softmax32(gates(inputs))
 
 
 class SharedGateLevels(nn.Module):
-  """The shared module's gate of each non-last level, `layer<l>`: [B, size]."""
+  """The shared module's gate of each non-last level, `layer<l>`: [B, size], float32."""
   size: int
 
   @nn.compact
   def __call__(self, level: int, inputs: jax.Array) -> jax.Array:
-    return jax.nn.softmax(Dense(self.size, name=f"layer{level}")(inputs), axis=-1)
+    return softmax32(Dense(self.size, name=f"layer{level}")(inputs))
 
 
 class NativeWeightLevels(nn.Module):
@@ -216,20 +216,21 @@ class AdaTTBase(RankingModel):
         beta = self_weights(level) if learned else jnp.ones((num_d, num_t, m), jnp.float32)
         native = jnp.einsum("dtj,dtjn->dtn", beta, slots)               # [D, T, n]
         mix = gate + native[:, :, None, :]
-      fused = jnp.einsum("dtbn,nbw->dtbw", mix, expert_out)             # [D, T, B, w]
+      fused = jnp.einsum("dtbn,nbw->dtbw", like(mix, expert_out), expert_out)  # [D, T, B, w]
 
       if s and not last:
         shared_mix = shared_gate(level, shared_in)                      # [B, n]
         if residual:
           beta_s = shared_self_weights(level) if learned else jnp.ones((s,), jnp.float32)
           shared_mix = shared_mix + jnp.pad(beta_s, (n - s, 0))[None]
-        shared_in = jnp.einsum("bn,nbw->bw", shared_mix, expert_out)
+        shared_in = jnp.einsum("bn,nbw->bw", like(shared_mix, expert_out), expert_out)
       task_in = fused
 
     towers = bank(bank(ReluTower, num_t, in_axes=0), num_d, in_axes=0)(
         tuple(self.tower_dims), name="towers")
     every_head = towers(task_in)                                        # [D, T, B]
     logits = select_domain(jnp.transpose(every_head, (2, 0, 1)), domain, axis=1)
+    logits = logits.astype(jnp.float32)
     own_gates = select_domain(jnp.moveaxis(gate, 2, 0), domain, axis=1)  # [B, T, n]
     return logits, {"gates": own_gates}
 

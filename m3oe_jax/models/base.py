@@ -16,6 +16,13 @@ It returns `logits` [B, T], each example scored by its own domain's heads, and
   - a dict of scalars (M3oE's fusion weights) is logged as it is.
 A model without diagnostics returns an empty dict.
 
+Precision: `dtype` (`config.model.dtype`, "float32" or "bfloat16") is the compute
+dtype. Parameters, BatchNorm statistics and gradients stay float32; the embedding
+output is cast to `dtype`, and every layer casts its parameters to the dtype of
+its input, so matmuls and activations run in `dtype`. LayerNorm and BatchNorm
+statistics and softmax gates are computed in float32, and `logits` (and the
+diagnostics) are float32 whatever `dtype` is.
+
 Conventions that the rest of the code relies on, and nothing else:
   - embedding tables live under the top-level parameter scopes named in
     `TABLE_SCOPES` (default `embedding/<feature>`, [rows, width]); they are the
@@ -32,14 +39,25 @@ import dataclasses
 from typing import Any, ClassVar, Mapping, Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 
+from m3oe_jax.errors import ConfigError
 from m3oe_jax.models.layers import Embeddings
 
 # Fields every model takes, filled from the dataset's schema...
 DATA_FIELDS = ("feature_names", "vocab_sizes", "num_domains", "num_tasks")
 # ... and from the shared part of `config.model`.
-SHARED_FIELDS = ("embed_dim", "embed_init_std", "embed_rows_multiple")
+SHARED_FIELDS = ("embed_dim", "embed_init_std", "embed_rows_multiple", "dtype")
+# `config.model.dtype` -> the compute dtype.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def resolve_dtype(name: str):
+  """The compute dtype `config.model.dtype` names; refuses any other value."""
+  if not isinstance(name, str) or name not in DTYPES:
+    raise ConfigError(f"config.model.dtype={name!r} must be one of {sorted(DTYPES)}")
+  return DTYPES[name]
 
 
 class RankingModel(nn.Module):
@@ -51,6 +69,7 @@ class RankingModel(nn.Module):
   embed_dim: int = 16
   embed_init_std: float = 1e-4
   embed_rows_multiple: int = 1
+  dtype: str = "float32"
 
   # The model's name in the registry and its config section, `config.model.<NAME>`.
   NAME: ClassVar[str] = ""
@@ -59,10 +78,17 @@ class RankingModel(nn.Module):
   # Top-level parameter scopes whose [rows, width] leaves are embedding tables.
   TABLE_SCOPES: ClassVar[tuple[str, ...]] = ("embedding",)
 
+  @property
+  def compute_dtype(self):
+    """The dtype of matmuls and activations (`config.model.dtype`)."""
+    return resolve_dtype(self.dtype)
+
   def embeddings(self, **kwargs) -> Embeddings:
-    """The model's tables. In `setup`, assign it to `self.embedding`."""
+    """The model's tables; their output is in the compute dtype. In `setup`,
+    assign it to `self.embedding`."""
     return Embeddings(self.feature_names, self.vocab_sizes, self.embed_dim,
-                      self.embed_init_std, self.embed_rows_multiple, **kwargs)
+                      self.embed_init_std, self.embed_rows_multiple,
+                      dtype=self.compute_dtype, **kwargs)
 
   def embed(self, batch):
     """x = concat(table lookups, dense values) [B, F], from a compact `__call__`."""

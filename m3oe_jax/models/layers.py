@@ -1,5 +1,10 @@
 """Building blocks shared by the models: dense and normalised layers, expert MLPs,
-banks of stacked modules, the embedding lookup and per-domain selection."""
+banks of stacked modules, the embedding lookup and per-domain selection.
+
+Every layer computes in the dtype of its input: its float32 parameters are cast
+to it (`like`), so a bfloat16 input gives bfloat16 matmuls and activations and
+float32 gradients. Normalisation statistics and softmax gates are float32.
+"""
 
 from __future__ import annotations
 
@@ -25,11 +30,23 @@ def torch_linear_bias_init(fan_in: int):
   return init
 
 
+def like(value: jax.Array, x: jax.Array) -> jax.Array:
+  """`value` (a parameter, or a float32 weight) cast to the compute dtype of `x`."""
+  return value.astype(x.dtype)
+
+
+def softmax32(logits: jax.Array, axis: int = -1) -> jax.Array:
+  """softmax in float32 whatever the dtype of `logits`."""
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=axis)
+
+
 def layer_norm(y: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
-  mean = jnp.mean(y, axis=-1, keepdims=True)
-  centred = y - mean
+  """LayerNorm over the last axis, computed in float32; returned in y's dtype."""
+  y32 = y.astype(jnp.float32)
+  mean = jnp.mean(y32, axis=-1, keepdims=True)
+  centred = y32 - mean
   var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
-  return centred * jax.lax.rsqrt(var + LAYER_NORM_EPSILON) * scale + bias
+  return (centred * jax.lax.rsqrt(var + LAYER_NORM_EPSILON) * scale + bias).astype(y.dtype)
 
 
 def affine(module: nn.Module, x: jax.Array, features: int) -> jax.Array:
@@ -37,7 +54,7 @@ def affine(module: nn.Module, x: jax.Array, features: int) -> jax.Array:
   fan_in = x.shape[-1]
   kernel = module.param("kernel", torch_linear_kernel_init, (fan_in, features))
   bias = module.param("bias", torch_linear_bias_init(fan_in), (features,))
-  return x @ kernel + bias
+  return x @ like(kernel, x) + like(bias, x)
 
 
 class Dense(nn.Module):
@@ -94,7 +111,12 @@ def normalise(module: nn.Module, y: jax.Array, weight: jax.Array | None,
   train mode the batch mean removes such a bias, so its gradient is exactly zero;
   normalising y + offset instead would hand the bias rounding noise, which Adam
   turns into steps the size of the learning rate, different on every device layout.
+
+  The statistics and the normalisation are computed in float32; the result has
+  y's dtype.
   """
+  out_dtype = y.dtype
+  y = y.astype(jnp.float32)
   features = y.shape[-1]
   shape = y.shape[:-2] + (features,)
   running_mean = module.variable("batch_stats", "bn_mean", jnp.zeros, shape, jnp.float32)
@@ -120,7 +142,8 @@ def normalise(module: nn.Module, y: jax.Array, weight: jax.Array | None,
       running_var.value = jnp.where(
           seen, (1 - m) * running_var.value + m * jax.lax.stop_gradient(unbiased),
           running_var.value)
-  return (y - mean[..., None, :]) * jax.lax.rsqrt(var[..., None, :] + BATCH_NORM_EPSILON)
+  normalised = (y - mean[..., None, :]) * jax.lax.rsqrt(var[..., None, :] + BATCH_NORM_EPSILON)
+  return normalised.astype(out_dtype)
 
 
 def linear_batch_norm(module: nn.Module, x: jax.Array, features: int,
@@ -139,7 +162,8 @@ def linear_batch_norm(module: nn.Module, x: jax.Array, features: int,
   bias = module.param("bias", torch_linear_bias_init(fan_in), (features,))
   scale = module.param("bn_scale", nn.initializers.ones, (features,))
   shift = module.param("bn_bias", nn.initializers.zeros, (features,))
-  return normalise(module, x @ kernel, mask, use_running_average, offset=bias) * scale + shift
+  normalised = normalise(module, x @ like(kernel, x), mask, use_running_average, offset=bias)
+  return normalised * like(scale, x) + like(shift, x)
 
 
 class BlockBN(nn.Module):
@@ -191,6 +215,7 @@ class Embeddings(nn.Module):
   embed_dim: int
   init_std: float
   rows_multiple: int = 1
+  dtype: jnp.dtype = jnp.float32  # of the output; the tables stay float32
 
   @nn.compact
   def __call__(self, sparse: jax.Array, dense: jax.Array) -> jax.Array:
@@ -205,7 +230,7 @@ class Embeddings(nn.Module):
       table = self.param(name, init, (rows, self.embed_dim))
       ids = sparse[:, k] if rows == vocab else jnp.minimum(sparse[:, k], vocab - 1)
       columns.append(jnp.take(table, ids, axis=0, mode="clip"))
-    return jnp.concatenate(columns + [dense.astype(jnp.float32)], axis=-1)
+    return jnp.concatenate(columns + [dense.astype(jnp.float32)], axis=-1).astype(self.dtype)
 
 
 class Star(nn.Module):
@@ -229,8 +254,8 @@ class Star(nn.Module):
     # own-domain kernel without computing (or selecting from) the other domains.
     own = jax.nn.one_hot(domain, self.num_domains, dtype=x.dtype)         # [B, D]
     slotted = (own[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)   # [B, D*F]
-    kernels = (shared_kernel[None] * domain_kernel).reshape(-1, self.features)
-    return slotted @ kernels + shared_bias + own @ domain_bias
+    kernels = like((shared_kernel[None] * domain_kernel).reshape(-1, self.features), x)
+    return slotted @ kernels + like(shared_bias, x) + own @ like(domain_bias, x)
 
 
 class Tower(nn.Module):

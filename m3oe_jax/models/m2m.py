@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import Dense, affine, bank, layer_norm, linear_batch_norm
+from m3oe_jax.models.layers import (Dense, affine, bank, layer_norm, like, linear_batch_norm,
+                                    softmax32)
 
 NEGATIVE_SLOPE = 0.1
 BACKBONES = ("none", "field_transformer")
@@ -102,7 +103,7 @@ class TorchLinear(nn.Module):
 
     kernel = self.param("kernel", uniform, (x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    return x @ kernel + bias
+    return x @ like(kernel, x) + like(bias, x)
 
 
 class EncoderLayer(nn.Module):
@@ -121,7 +122,7 @@ class EncoderLayer(nn.Module):
     q, k, v = (TorchLinear(e, in_bound, name=n)(x).reshape(b, s, self.num_heads, dh)
                for n in ("query", "key", "value"))
     scores = jnp.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(dh)       # within each example
-    attended = jnp.einsum("bhij,bjhd->bihd", jax.nn.softmax(scores, axis=-1), v)
+    attended = jnp.einsum("bhij,bjhd->bihd", like(softmax32(scores), v), v)
     attended = TorchLinear(e, 1.0 / math.sqrt(e), name="attention_out")(attended.reshape(b, s, e))
     x = LayerNorm(name="norm1")(x + attended)
     ff = Dense(e, name="ff2")(jax.nn.relu(Dense(self.ff_dim, name="ff1")(x)))
@@ -165,8 +166,8 @@ class MetaAttention(nn.Module):
     from_experts = jnp.einsum("kbi,bio->bko", experts, weight[:, :h])   # [B, K, 2h]
     from_tasks = jnp.einsum("ti,bio->bto", task_view, weight[:, h:])    # [B, T, 2h]
     hidden = leaky(from_experts[:, None] + from_tasks[:, :, None] + bias[:, None, None])
-    attention = jax.nn.softmax(hidden @ v, axis=-1)                     # [B, T, K]
-    return attention, jnp.einsum("btk,kbh->tbh", attention, experts)
+    attention = softmax32(hidden @ like(v, hidden))                     # [B, T, K] float32
+    return attention, jnp.einsum("btk,kbh->tbh", like(attention, experts), experts)
 
 
 class MetaTower(nn.Module):
@@ -265,7 +266,7 @@ class M2M(RankingModel):
         h, frozen, name="experts")(u, mask)                             # [K, B, h]
     scenario = BlockBNAct(h, frozen, name="scenario")(domain_emb, mask)  # [B, h]
     task_emb = self.param("task_emb", nn.initializers.normal(self.embed_init_std), (num_t, e))
-    task_view = leaky(Dense(h, name="task_view")(task_emb))             # [T, h]
+    task_view = leaky(Dense(h, name="task_view")(like(task_emb, x)))    # [T, h]
 
     attention, r = MetaAttention(swr, frozen, name="meta_attention")(
         experts, task_view, scenario, mask)                             # [B, T, K], [T, B, h]
@@ -273,4 +274,4 @@ class M2M(RankingModel):
         swr, frozen, name="meta_tower")(r, scenario, mask)              # [T, B, h]
     logits = bank(TaskOutput, num_t, in_axes=(0, None))(
         tuple(self.out_dims), frozen, name="out")(o, mask)              # [T, B]
-    return logits.T, {"expert_attention": attention}
+    return logits.T.astype(jnp.float32), {"expert_attention": attention}

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import MLP, Block, Dense, Star, Tower, bank, select_domain
+from m3oe_jax.models.layers import (MLP, Block, Dense, Star, Tower, bank, like, select_domain,
+                                    softmax32)
 
 ARCH_NAMES = ("bal_d", "bal_t", "exp_d", "exp_t")
 
@@ -116,20 +117,21 @@ class M3oE(RankingModel):
 
     gate_input = jax.lax.stop_gradient(h) if self.gate_stop_gradient else h
     gate_logits = jnp.moveaxis(self.gates(gate_input), 2, 0)            # [B, D, T, E]
-    gates = jax.nn.softmax(select_domain(gate_logits, domain, axis=1))  # [B, T, E]
+    gates = softmax32(select_domain(gate_logits, domain, axis=1))       # [B, T, E] float32
 
     arch = self.arch()
     fusion = {name: jax.nn.sigmoid(logit) for name, logit in arch.items()}
     dom_mix = balance_weights(arch["bal_d"], self.num_domains)          # [D, D]
     task_mix = balance_weights(arch["bal_t"], self.num_tasks)           # [T, T]
-    own_mix = jax.nn.one_hot(domain, self.num_domains) @ dom_mix         # [B, D]
+    own_mix = jax.nn.one_hot(domain, self.num_domains, dtype=h.dtype) @ like(dom_mix, h)
     own_domain = jnp.einsum("bj,jbo->bo", own_mix, domain_out)          # [B, o]
-    task_views = jnp.einsum("tj,jbo->tbo", task_mix, task_out)          # [T, B, o]
-    fused = (jnp.einsum("bte,ebo->tbo", gates, shared)
-             + fusion["exp_d"] * own_domain[None]
-             + fusion["exp_t"] * task_views)                            # [T, B, o]
+    task_views = jnp.einsum("tj,jbo->tbo", like(task_mix, h), task_out)  # [T, B, o]
+    fused = (jnp.einsum("bte,ebo->tbo", like(gates, h), shared)
+             + like(fusion["exp_d"], h) * own_domain[None]
+             + like(fusion["exp_t"], h) * task_views)                   # [T, B, o]
 
     every_tower = self.towers(fused)                                    # [D, T, B]
     logits = select_domain(jnp.transpose(every_tower, (2, 0, 1)), domain, axis=1)
+    logits = logits.astype(jnp.float32)
     aux = {"gates": gates, "fusion_weights": fusion}
     return logits, aux

@@ -86,6 +86,7 @@ class MLPBaseline(RankingModel):
     nets = bank(bank(MLP, t), d)(tuple(self.fcn_dims), name="nets")
     heads = bank(bank(Tower, t, in_axes=0), d, in_axes=0)(name="heads")
     every_head = jnp.transpose(heads(nets(x)), (2, 0, 1))                  # [B, D, T]
+    every_head = every_head.astype(jnp.float32)
     if not self.reference_index_bug:
       return select_domain(every_head, domain, axis=1), {}
     # The authors' indexing: row b, task t reads flat head table[domain[b], t].

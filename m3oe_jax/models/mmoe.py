@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import MLP, Dense, bank
+from m3oe_jax.models.layers import MLP, Dense, bank, like, softmax32
 from m3oe_jax.models.shared_bottom import (NORMS, NormTower, check_choice, check_dims,
                                            head_bank, own_domain)
 
@@ -55,10 +55,10 @@ class MMoE(RankingModel):
     experts = bank(MLP, self.num_experts)(widths, name="experts")(x)         # [E, B, h]
     gate_bank = bank(bank(Dense, self.num_tasks), self.num_domains)
     gate_logits = gate_bank(self.num_experts, name="gates")(x)               # [D, T, B, E]
-    gates = jax.nn.softmax(gate_logits, axis=-1)
-    fused = jnp.einsum("dtbe,ebh->dtbh", gates, experts)                     # [D, T, B, h]
+    gates = softmax32(gate_logits)                                           # float32
+    fused = jnp.einsum("dtbe,ebh->dtbh", like(gates, experts), experts)      # [D, T, B, h]
 
     towers = head_bank(NormTower, self.num_domains, self.num_tasks, per_head_input=True)
     every = towers((widths[-1],), self.tower_norm, not train, name="towers")(fused, mask)
-    logits = own_domain(every, batch["domain"])                              # [B, T]
+    logits = own_domain(every, batch["domain"]).astype(jnp.float32)          # [B, T]
     return logits, {"gates": own_domain(gates, batch["domain"])}             # [B, T, E]

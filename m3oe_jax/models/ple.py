@@ -32,19 +32,20 @@ import jax
 import jax.numpy as jnp
 
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import bank, linear_batch_norm
+from m3oe_jax.models.layers import bank, like, linear_batch_norm, softmax32
 from m3oe_jax.models.shared_bottom import NormMLP, NormTower, check_dims, head_bank, own_domain
 
 
 class BNGate(nn.Module):
-  """softmax(BatchNorm(x @ kernel + bias)); parameters kernel, bias, bn_scale, bn_bias."""
+  """softmax(BatchNorm(x @ kernel + bias)), float32; parameters kernel, bias, bn_scale,
+  bn_bias."""
   features: int
   use_running_average: bool
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    return jax.nn.softmax(linear_batch_norm(self, x, self.features, mask,
-                                            self.use_running_average), axis=-1)
+    return softmax32(linear_batch_norm(self, x, self.features, mask,
+                                       self.use_running_average))
 
 
 def extraction_level(head_in, shared_in, mask, *, num_domains: int, num_tasks: int,
@@ -64,8 +65,9 @@ def extraction_level(head_in, shared_in, mask, *, num_domains: int, num_tasks: i
                             name="shared_experts")(shared_in, mask)       # [s, B, x]
   gates = head_bank(BNGate, d, t, per_head_input)(
       m + s, use_running_average, name="gates")(head_in, mask)            # [D, T, B, m+s]
-  head_out = (jnp.einsum("dtbj,dtjbx->dtbx", gates[..., :m], specific)
-              + jnp.einsum("dtbk,kbx->dtbx", gates[..., m:], shared))     # [D, T, B, x]
+  mix = like(gates, shared)
+  head_out = (jnp.einsum("dtbj,dtjbx->dtbx", mix[..., :m], specific)
+              + jnp.einsum("dtbk,kbx->dtbx", mix[..., m:], shared))       # [D, T, B, x]
   if last:
     return head_out, None, gates
   # The shared gate's entries follow the reference's flat head order
@@ -73,7 +75,7 @@ def extraction_level(head_in, shared_in, mask, *, num_domains: int, num_tasks: i
   every_expert = jnp.concatenate([
       jnp.swapaxes(specific, 0, 1).reshape((t * d * m,) + specific.shape[3:]), shared])
   shared_gate = BNGate(d * t * m + s, use_running_average, name="shared_gate")(shared_in, mask)
-  shared_out = jnp.einsum("bn,nbx->bx", shared_gate, every_expert)        # [B, x]
+  shared_out = jnp.einsum("bn,nbx->bx", like(shared_gate, shared), every_expert)  # [B, x]
   return head_out, shared_out, gates
 
 
@@ -139,5 +141,5 @@ class PLE(RankingModel):
 
     towers = head_bank(NormTower, self.num_domains, self.num_tasks, per_head_input=True)
     every = towers(tuple(self.tower_dims), "batch", not train, name="towers")(head_in, mask)
-    logits = own_domain(every, batch["domain"])                            # [B, T]
+    logits = own_domain(every, batch["domain"]).astype(jnp.float32)        # [B, T]
     return logits, {"gates": own_domain(gates, batch["domain"])}

@@ -140,5 +140,5 @@ class SharedBottom(RankingModel):
     z = NormMLP(tuple(self.bottom_dims), self.norm, not train, name="bottom")(x, mask)
     towers = head_bank(NormTower, self.num_domains, self.num_tasks, per_head_input=False)
     every = towers(tuple(self.tower_dims), self.norm, not train, name="towers")(z, mask)
-    logits = own_domain(every, batch["domain"])                            # [B, T]
+    logits = own_domain(every, batch["domain"]).astype(jnp.float32)        # [B, T]
     return logits, {}

@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import (MLP, Block, BlockBN, Dense, Star, Tower, bank, normalise,
-                                    select_domain)
+from m3oe_jax.models.layers import (MLP, Block, BlockBN, Dense, Star, Tower, bank, like,
+                                    normalise, select_domain)
 
 VARIANTS = ("simplified", "original")
 NORM_STATS = ("batch", "domain")
@@ -81,8 +81,8 @@ class PartitionNorm(nn.Module):
                     self.use_running_average)                                  # [D, B, F]
     else:
       z = normalise(self, x, weight[0], self.use_running_average)[None]       # [1, B, F]
-    scale = (shared_scale[None] * domain_scale)[:, None, :]
-    return z * scale + (shared_bias[None] + domain_bias)[:, None, :]
+    scale = like((shared_scale[None] * domain_scale)[:, None, :], z)
+    return z * scale + like((shared_bias[None] + domain_bias)[:, None, :], z)
 
 
 class StarDense(nn.Module):
@@ -100,14 +100,14 @@ class StarDense(nn.Module):
     shared_bias = self.param("shared_bias", unit_uniform, (out,))
     domain_kernel = self.param("domain_kernel", kaiming_uniform_stacked, (d, fan_in, out))
     domain_bias = self.param("domain_bias", unit_uniform, (d, out))
-    y = jnp.einsum("dbi,dio->dbo", h, shared_kernel[None] * domain_kernel)
-    y = y + (shared_bias[None] + domain_bias)[:, None, :]
+    y = jnp.einsum("dbi,dio->dbo", h, like(shared_kernel[None] * domain_kernel, h))
+    y = y + like((shared_bias[None] + domain_bias)[:, None, :], h)
     if not self.batch_norm:
       return y
     bn_scale = self.param("bn_scale", nn.initializers.ones, (d, out))
     bn_bias = self.param("bn_bias", nn.initializers.zeros, (d, out))
     y = normalise(self, y, weight, self.use_running_average)
-    return jax.nn.relu(y * bn_scale[:, None, :] + bn_bias[:, None, :])
+    return jax.nn.relu(y * like(bn_scale[:, None, :], y) + like(bn_bias[:, None, :], y))
 
 
 class StarFCN(nn.Module):
@@ -197,8 +197,8 @@ class STAR(RankingModel):
     self.validate()
     x = self.embed(batch)                                                  # [B, F]
     if self.variant == "simplified":
-      return self.simplified(x, batch["domain"]), {}
-    return self.original(x, batch, train), {}
+      return self.simplified(x, batch["domain"]).astype(jnp.float32), {}
+    return self.original(x, batch, train).astype(jnp.float32), {}
 
   def simplified(self, x: jax.Array, domain: jax.Array) -> jax.Array:
     h1, h2 = self.fcn_dims[0], self.fcn_dims[1]
@@ -212,9 +212,9 @@ class STAR(RankingModel):
   def original(self, x: jax.Array, batch, train: bool) -> jax.Array:
     d, domain = self.num_domains, batch["domain"]
     mask = batch.get("mask")
-    rows = jnp.ones(x.shape[:1], x.dtype) if mask is None else mask.astype(x.dtype)
+    rows = jnp.ones(x.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
     if self.norm_stats == "domain":
-      own = (domain[None, :] == jnp.arange(d)[:, None]).astype(x.dtype)     # [D, B]
+      own = (domain[None, :] == jnp.arange(d)[:, None]).astype(jnp.float32)  # [D, B]
       weight = own * rows[None]
     else:
       weight = jnp.broadcast_to(rows, (d,) + rows.shape)

@@ -30,7 +30,8 @@ def test_golden_baseline_files_are_found():
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
 def test_golden_baseline(path):
   golden = golden_files.load(path)
-  with jax.default_matmul_precision("highest"):
+  with golden_files.exact():
+    golden_files.check_precision_of(golden)
     _check_file(golden)
     if "outputs/probs_fixed" in golden:  # the MLP's index bug: the intended model too
       _check_file(golden, fixed=True)

@@ -19,16 +19,25 @@ from tests import golden as golden_files
 FILES = golden_files.m3oe_files()
 
 
+@pytest.fixture(autouse=True)
+def _float32_at_highest_precision():
+  with golden_files.exact():
+    yield
+
+
 @pytest.fixture(scope="module", params=FILES, ids=[f.stem for f in FILES])
 def golden(request):
   if not request.param.exists():
     pytest.fail(f"golden file {request.param} not found")
-  with jax.default_matmul_precision("highest"):
-    yield golden_files.load(request.param)
+  return golden_files.load(request.param)
 
 
 def test_golden_files_are_found():
   assert FILES, "no m3oe*.npz golden file found (tests/assets/golden or M3OE_GOLDEN_DIR)"
+
+
+def test_golden_checks_run_in_float32_at_highest_precision(golden):
+  golden_files.check_precision_of(golden)
 
 
 def test_golden_probabilities_and_losses(golden):
