@@ -1,12 +1,16 @@
 """Device mesh, shardings of the train state and batches, and host-to-device transfer.
 
-The mesh has axes ('data', 'model'). Batches are split over 'data'; parameters
+The mesh has axes ('data', 'model'). Batches are split over both axes, so every
+device runs the dense layers on its own 1/(data x model) of the rows. Parameters
 and optimizer states are replicated, except embedding tables (and their Adam
 moments), which are row-sharded over `config.mesh.embedding_axis` when it names
 an axis: each device then holds 1/N of every table. Tables are padded to a
 multiple of `config.model.embed_rows_multiple` rows so that they split evenly.
-The mesh uses Auto axis types, so XLA turns a lookup in a row-sharded table into
-a local gather plus an all-reduce without annotations in the model.
+The mesh uses Auto axis types, so XLA partitions a lookup in a table row-sharded
+over 'model' without annotations in the model: the devices of a model group
+all-gather their ids, each gathers the ids that fall in its rows, and an
+all-reduce over 'model' (sliced back to each device's rows) assembles them;
+no table is ever gathered whole.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from m3oe_jax.errors import ConfigError
+
 AXES = ("data", "model")
 
 
@@ -24,17 +30,17 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
   n = len(devices)
   data, model = int(config.data), int(config.model)
   if model < 1:
-    raise ValueError(f"config.mesh.model must be >= 1, got {model}")
+    raise ConfigError(f"config.mesh.model must be >= 1, got {model}")
   if data == -1:
     if n % model:
-      raise ValueError(f"config.mesh.model={model} does not divide the {n} devices")
+      raise ConfigError(f"config.mesh.model={model} does not divide the {n} devices")
     data = n // model
   if data < 1 or data * model != n:
-    raise ValueError(
+    raise ConfigError(
         f"config.mesh: data={data} x model={model} = {data * model} devices, "
         f"but {n} are available; the axis sizes must multiply to the device count")
   if config.embedding_axis and config.embedding_axis not in AXES:
-    raise ValueError(f"config.mesh.embedding_axis={config.embedding_axis!r}; "
+    raise ConfigError(f"config.mesh.embedding_axis={config.embedding_axis!r}; "
                      f"expected '' or one of {AXES}")
   mesh_devices = np.asarray(devices).reshape(data, model)
   _check_processes(mesh_devices)
@@ -42,15 +48,16 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
 
 
 def _check_processes(mesh_devices: np.ndarray) -> None:
-  """Each process feeds its own rows of every batch (pipeline's process slices), so
-  it must own whole rows of the mesh, in process order: a model-axis group across
-  processes would take their different rows for one replicated batch."""
+  """Each process feeds one contiguous slice of every batch (pipeline's process
+  slices), and the batch is split over the devices in mesh order (data-major), so
+  a process must own whole rows of the mesh, in process order: a model-axis group
+  across processes would interleave their slices."""
   owners = np.vectorize(lambda d: d.process_index)(mesh_devices)       # [data, model]
   if np.all(owners == owners.flat[0]):
     return
   if np.any(owners != owners[:, :1]) or np.any(np.diff(owners[:, 0]) < 0):
     local = int(np.sum(owners == owners.flat[0]))
-    raise ValueError(
+    raise ConfigError(
         f"config.mesh.model={mesh_devices.shape[1]} spans devices of several processes; "
         f"with {jax.process_count()} processes of {local} devices each, config.mesh.model "
         f"must divide {local} so that every process holds whole rows of the data axis")
@@ -58,7 +65,7 @@ def _check_processes(mesh_devices: np.ndarray) -> None:
 
 def check_table_rows(rows_multiple: int, mesh: Mesh, embedding_axis: str) -> None:
   if embedding_axis and rows_multiple % mesh.shape[embedding_axis]:
-    raise ValueError(
+    raise ConfigError(
         f"config.mesh.embedding_axis={embedding_axis!r} splits tables "
         f"{mesh.shape[embedding_axis]} ways, which must divide "
         f"config.model.embed_rows_multiple={rows_multiple} (tables are padded to a "
@@ -66,15 +73,21 @@ def check_table_rows(rows_multiple: int, mesh: Mesh, embedding_axis: str) -> Non
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, name: str) -> None:
-  shards = mesh.shape["data"]
-  if batch_size % shards or batch_size % jax.process_count():
-    raise ValueError(
-        f"config.{name}={batch_size} must be divisible by the data axis size "
-        f"{shards} and by the process count {jax.process_count()}")
+  data, model = mesh.shape["data"], mesh.shape["model"]
+  if batch_size % (data * model) or batch_size % jax.process_count():
+    raise ConfigError(
+        f"config.{name}={batch_size} must be divisible by the mesh's data x model = "
+        f"{data} x {model} = {data * model} devices (every device takes an equal share "
+        f"of the rows) and by the process count {jax.process_count()}")
+
+
+BATCH_AXES = ("data", "model")
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P("data"))
+  """Rows split over every device, data-major: device (i, j) holds share
+  i * model + j of the batch."""
+  return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -112,7 +125,7 @@ def check_tables_found(abstract_params, embedding_axis: str, table_scopes: tuple
       lambda path, leaf: found.append(path) if _is_table(path, leaf, table_scopes) else None,
       abstract_params)
   if not found:
-    raise ValueError(
+    raise ConfigError(
         f"config.mesh.embedding_axis={embedding_axis!r} row-shards embedding tables, but "
         f"model {model_name!r} has no [rows, width] parameter under {table_scopes}; set "
         "config.mesh.embedding_axis='' or declare the model's tables in its TABLE_SCOPES")
@@ -137,6 +150,25 @@ def compiled_bytes_per_device(compiled) -> int | None:
 
 
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """This process's rows of a global batch, placed on the mesh's data axis."""
+  """This process's rows of a global batch, split over its devices (`batch_sharding`)."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches stacked on a new leading axis [k, rows, ...], each laid out as
+  `batch_sharding`."""
+  return NamedSharding(mesh, P(None, *batch_sharding(mesh).spec))
+
+
+def put_stacked_batches(batches: list[dict], mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's rows of k global batches, stacked [k, rows, ...] on the mesh
+  (`stacked_batch_sharding`). Columns already on a device (device placement) are
+  stacked there."""
+  sharding = stacked_batch_sharding(mesh)
+  stacked = {}
+  for key in batches[0]:
+    columns = [b[key] for b in batches]
+    stack = jax.numpy.stack if isinstance(columns[0], jax.Array) else np.stack
+    stacked[key] = jax.make_array_from_process_local_data(sharding, stack(columns))
+  return stacked

@@ -85,6 +85,34 @@ def make_arch_step(model, optimizers: Optimizers, loss_name: str,
                            "arch_loss", counts_as_step=False)
 
 
+def make_multi_step(update_step: Callable) -> Callable:
+  """(state, batches stacked [k, ...], k) -> (state, metrics stacked [k]):
+  `update_step` on each of the k batches in order, in one call.
+
+  k is passed as a runtime value, so XLA cannot unroll or remove the loop: a
+  call of one step compiles to the same loop body as a call of k, and k calls of
+  one give the same bits as one call of k (a loop known to run once is inlined
+  and fused differently)."""
+
+  def multi_step(state: TrainState, batches, count):
+    size = batches["mask"].shape[0]
+
+    def body(i, carry):
+      state, metrics = carry
+      batch = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False),
+                           batches)
+      state, out = update_step(state, batch)
+      return state, {k: metrics[k].at[i].set(v) for k, v in out.items()}
+
+    shapes = jax.eval_shape(update_step, state,
+                            jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
+                                         batches))[1]
+    metrics = {k: jnp.zeros((size,) + v.shape, v.dtype) for k, v in shapes.items()}
+    return jax.lax.fori_loop(0, count, body, (state, metrics))
+
+  return multi_step
+
+
 def make_eval_step(model) -> Callable:
   """(variables, batch) -> (probabilities [B, T], the model's diagnostics)."""
 

@@ -11,6 +11,7 @@ from jax.experimental import multihost_utils
 
 from m3oe_jax import losses, metrics, optim, sharding, step
 from m3oe_jax.data import pipeline
+from m3oe_jax.errors import ConfigError
 from m3oe_jax.models import build_model, init_variables
 from m3oe_jax.models.base import per_domain_means
 
@@ -33,9 +34,9 @@ class Evaluator:
     sharding.check_tables_found(self.variables_shape["params"], config.mesh.embedding_axis,
                                 self.tables, config.model.name)
     self.variables_sharding = self.shardings(self.variables_shape)
+    self.batch_sharding = sharding.batch_sharding(mesh)
     self.eval_step = jax.jit(step.make_eval_step(self.model),
-                             in_shardings=(self.variables_sharding,
-                                           sharding.batch_sharding(mesh)))
+                             in_shardings=(self.variables_sharding, self.batch_sharding))
 
   def shardings(self, tree_shape):
     """A sharding per leaf: tables row-sharded over the embedding axis, the rest
@@ -102,18 +103,25 @@ class Trainer(Evaluator):
         lambda rng: step.create_train_state(init_variables(self.model, self.schema, rng),
                                             self.optimizers),
         out_shardings=self.state_sharding)
-    rows = sharding.batch_sharding(mesh)
     num_domains, num_tasks = self.schema.num_domains, self.schema.num_tasks
     train_loss = losses.resolve(config.optimizer.train_loss, num_domains, num_tasks,
                                 "train_loss")
     arch_loss = losses.resolve(config.optimizer.arch_loss, num_domains, num_tasks, "arch_loss")
     self.model_step = jax.jit(
         step.make_model_step(self.model, self.optimizers, train_loss, num_domains),
-        in_shardings=(self.state_sharding, rows),
+        in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     self.arch_step = jax.jit(
         step.make_arch_step(self.model, self.optimizers, arch_loss, num_domains),
-        in_shardings=(self.state_sharding, rows),
+        in_shardings=(self.state_sharding, self.batch_sharding),
+        out_shardings=(self.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    # The training loop's step: model steps over batches stacked [k, ...], one
+    # call for k of them (k also passed as a number: `step.make_multi_step`).
+    self.multi_step = jax.jit(
+        step.make_multi_step(
+            step.make_model_step(self.model, self.optimizers, train_loss, num_domains)),
+        in_shardings=(self.state_sharding, sharding.stacked_batch_sharding(mesh),
+                      sharding.replicated(mesh)),
         out_shardings=(self.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     self._check_memory_budget(int(config.mesh.get("device_memory_budget_bytes", 0)))
 
@@ -124,16 +132,18 @@ class Trainer(Evaluator):
     logging.info("train state: %.1f MiB per device", state_bytes / 2**20)
     if budget <= 0:
       return
-    batch = {k: jax.ShapeDtypeStruct((self.config.batch_size,) + v.shape[1:], v.dtype)
+    # The training loop's call: `steps_per_call` batches stacked.
+    rows = (int(self.config.get("steps_per_call", 1)), self.config.batch_size)
+    batch = {k: jax.ShapeDtypeStruct(rows + v.shape[1:], v.dtype)
              for k, v in self.dataset.splits["train"].take(np.arange(1)).items()}
-    batch["mask"] = jax.ShapeDtypeStruct((self.config.batch_size,), np.float32)
-    compiled = self.model_step.lower(self.state_shape, batch).compile()
-    self.model_step = compiled  # every train batch has this shape: no second compile
+    batch["mask"] = jax.ShapeDtypeStruct(rows, np.float32)
+    compiled = self.multi_step.lower(self.state_shape, batch,
+                                     jax.ShapeDtypeStruct((), np.int32)).compile()
     needed = sharding.compiled_bytes_per_device(compiled) or state_bytes
     logging.info("train step: %.1f MiB per device (budget %.1f MiB)", needed / 2**20,
                  budget / 2**20)
     if needed > budget:
-      raise ValueError(
+      raise ConfigError(
           f"the train step needs {needed:,} bytes per device (its train state alone "
           f"{state_bytes:,}), over config.mesh.device_memory_budget_bytes={budget:,}. "
           "Row-shard the embedding tables over more devices (config.mesh.embedding_axis "
@@ -153,6 +163,14 @@ class Trainer(Evaluator):
     return self.put(pipeline.shuffled_batch(
         self.dataset.splits["train"], self.config.batch_size, self.config.seed, position,
         jax.process_index(), jax.process_count()))
+
+  def train_batches(self, position: int, count: int):
+    """Batches `position` .. `position + count - 1` of the training stream,
+    stacked [count, batch, ...] on the mesh: the input of `multi_step`."""
+    batches = [pipeline.shuffled_batch(
+        self.dataset.splits["train"], self.config.batch_size, self.config.seed, p,
+        jax.process_index(), jax.process_count()) for p in range(position, position + count)]
+    return sharding.put_stacked_batches(batches, self.mesh)
 
   def arch_batch(self, arch_steps: int):
     """The architecture step's batch: training data for reference/paper, validation

@@ -1,8 +1,10 @@
 """Runs the contract's sharding check: `python -m tests.contract_run NAME...` with 8
-simulated devices runs each model on one device and on an 8x1 mesh with its
-tables row-sharded over 'data', from the same initial state on the same batch,
-and prints one JSON line of the largest differences of the training loss, the
-gradient of every weight and the BatchNorm statistics after the step.
+simulated devices runs each model on one device and on each mesh of `LAYOUTS`
+(8x1 with its tables row-sharded over 'data'; 2x4 with them row-sharded over
+'model', the batch still split over all 8 devices), from the same initial state
+on the same batch, and prints one JSON line of the largest differences of the
+training loss, the gradient of every weight and the BatchNorm statistics after
+the step, per model and layout.
 
 Tolerance: as in tests/test_scale.py, sharding reorders float32 sums, so the
 numbers agree to rounding. Seen: gradients within 4e-6 of (1 + |g|) and losses
@@ -30,6 +32,8 @@ from m3oe_jax import config_utils
 
 STEPS = 8  # the in-process contract test's steps on a fixed batch
 TOLERANCE = 1e-4
+# name -> (mesh.data, mesh.model, mesh.embedding_axis) on 8 devices
+LAYOUTS = {"8x1_rows@data": (8, 1, "data"), "2x4_rows@model": (2, 4, "model")}
 
 
 def tiny_config(name: str, **overrides):
@@ -41,14 +45,16 @@ def tiny_config(name: str, **overrides):
   return config
 
 
-def _run(name: str, devices, embedding_axis: str, initial=None):
+def _run(name: str, devices, mesh: tuple[int, int, str], initial=None):
   """(loss, gradients, new BatchNorm statistics, tables sharded, initial state) of one
-  step from `initial` (default: the model's own initialisation) on the mesh of
-  `devices`."""
+  step from `initial` (default: the model's own initialisation) on the mesh
+  (data, model, embedding_axis) of `devices`."""
   from m3oe_jax import losses, sharding, step
   from m3oe_jax.data import load_dataset
   from m3oe_jax.trainer import Trainer
-  config = tiny_config(name, **{"mesh.embedding_axis": embedding_axis})
+  data, model, embedding_axis = mesh
+  config = tiny_config(name, **{"mesh.data": data, "mesh.model": model,
+                                "mesh.embedding_axis": embedding_axis})
   dataset = load_dataset(config.data)
   trainer = Trainer(config, dataset, sharding.make_mesh(config.mesh, devices))
   schema = trainer.schema
@@ -83,14 +89,16 @@ def _max_difference(a, b, relative: bool = False) -> float:
 def main(names):
   results = {}
   for name in names:
-    one = _run(name, jax.devices()[:1], "")
-    eight = _run(name, jax.devices(), "data", initial=jax.device_get(one[4]))
-    results[name] = {
-        "loss_difference": abs(one[0] - eight[0]),
-        "max_gradient_difference": _max_difference(one[1], eight[1], relative=True),
-        "max_batch_stats_difference": _max_difference(one[2], eight[2]),
-        "tables_sharded": eight[3],
-    }
+    one = _run(name, jax.devices()[:1], (1, 1, ""))
+    initial = jax.device_get(one[4])
+    for layout, mesh in LAYOUTS.items():
+      eight = _run(name, jax.devices(), mesh, initial=initial)
+      results[f"{name}/{layout}"] = {
+          "loss_difference": abs(one[0] - eight[0]),
+          "max_gradient_difference": _max_difference(one[1], eight[1], relative=True),
+          "max_batch_stats_difference": _max_difference(one[2], eight[2]),
+          "tables_sharded": eight[3],
+      }
   print(json.dumps(results))
 
 

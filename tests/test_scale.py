@@ -1,5 +1,6 @@
 """Scale-out, end to end: the same run on 1 device, on 8 simulated devices (meshes
-8x1, 4x2 and 2x4, data x model) and on 2 processes gives the same losses,
+8x1, 4x2 and 2x4, data x model, the last two with tables row-sharded over 'model'
+and the batch split over all 8 devices) and on 2 processes gives the same losses,
 parameters and metrics; checkpoints move between meshes, device counts and process
 counts; a multi-process run survives SIGTERM; tables row-sharded past one
 device's memory budget train.
@@ -133,7 +134,7 @@ def runs(tmp_path_factory):
            _start(evaluate + ["--mesh_model=4", "--embedding_axis=model",
                               f"--output={evaluations['8dev']}"], devices=8)]
           + [_start(c, devices=2) for c in _processes(
-              evaluate + ["--mesh_model=2", "--embedding_axis=data",
+              evaluate + ["--mesh_model=2", "--embedding_axis=model",
                           f"--output={evaluations['2proc']}"], 2)])
   return w, preempted_logs, evaluations
 
@@ -179,9 +180,10 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(runs):
 
 
 def test_metrics_are_global_over_devices_and_processes(runs):
-  """The same checkpoint evaluated on 1 device, on 8 devices with row-sharded
-  tables, and by two processes (each evaluating its own half of every batch) gives
-  the same per-(domain, task) AUC and logloss."""
+  """The same checkpoint evaluated on 1 device, on 8 devices (2x4) with tables
+  row-sharded over 'model', and by two processes (a 2x2 mesh, each process one
+  row of it: its own half of every batch, split over its model axis, and half of
+  every table) gives the same per-(domain, task) AUC and logloss."""
   w, _, evaluations = runs
   base = json.loads((w["base"] / "metrics.json").read_text())["test"]
   for where, path in evaluations.items():

@@ -36,7 +36,7 @@ for name, overrides in json.loads(sys.argv[1]).items():
     Trainer(config, dataset, sharding.make_mesh(config.mesh))
     outcome[name] = {"error": None}
   except ValueError as e:
-    outcome[name] = {"error": str(e)}
+    outcome[name] = {"error": str(e), "type": type(e).__name__}
   outcome[name]["compiled"] = len(compiles) - before
 print(json.dumps(outcome))
 """
@@ -46,6 +46,10 @@ CASES = {
     "model_does_not_divide": ({"mesh.model": 3}, "config.mesh.model=3 does not divide"),
     "unknown_axis": ({"mesh.embedding_axis": "rows"}, "config.mesh.embedding_axis='rows'"),
     "batch_not_divisible": ({"batch_size": 100}, "config.batch_size=100 must be divisible"),
+    # 132 splits over a data axis of 2, but not over the 2 x 4 devices that share the rows.
+    "batch_not_divisible_by_both_axes": (
+        {"batch_size": 132, "mesh.model": 4, "mesh.embedding_axis": "model"},
+        "config.batch_size=132 must be divisible by the mesh's data x model = 2 x 4 = 8"),
     "eval_batch_not_divisible": ({"eval_batch_size": 510, "mesh.model": 2},
                                  "config.eval_batch_size=510"),
     "rows_not_divisible": ({"mesh.model": 8, "mesh.embedding_axis": "model",
@@ -71,12 +75,58 @@ def outcome():
 def test_bad_mesh_or_shape_is_refused_before_compiling(outcome, name):
   _, message = CASES[name]
   assert outcome[name]["error"] is not None and message in outcome[name]["error"]
+  assert outcome[name]["type"] == "ConfigError"
   assert outcome[name]["compiled"] == 0
 
 
 def test_a_valid_mesh_builds_its_steps_without_error(outcome):
   assert outcome["valid_4x2"]["error"] is None
   assert outcome["valid_with_budget"] == {"error": None, "compiled": 1}
+
+
+_PER_DEVICE_WORK = """
+import json, jax
+from configs import synthetic
+from m3oe_jax import sharding
+from m3oe_jax.data import load_dataset
+from m3oe_jax.trainer import Trainer
+
+dataset = load_dataset(synthetic.get_config("tiny").data)
+report = {}
+for data, model, axis in ((1, 1, ""), (8, 1, ""), (2, 4, "model"), (1, 8, "model")):
+  config = synthetic.get_config("tiny")
+  config.mesh.update(dict(data=data, model=model, embedding_axis=axis))
+  trainer = Trainer(config, dataset,
+                    sharding.make_mesh(config.mesh, jax.devices()[:data * model]))
+  state, batch = trainer.abstract_state(), trainer.train_batch(0)
+  train = trainer.model_step.lower(state, batch).compile()
+  evaluate = trainer.eval_step.lower(state.variables(), batch).compile()
+  report[f"{data}x{model}"] = {
+      "train_flops": train.cost_analysis()["flops"],
+      "eval_flops": evaluate.cost_analysis()["flops"],
+      "rows_per_device": sorted({s.data.shape[0] for v in batch.values()
+                                 for s in v.addressable_shards}),
+      "batch_size": config.batch_size}
+print(json.dumps(report))
+"""
+
+
+def test_every_device_computes_its_own_share_of_the_rows():
+  """With the tables row-sharded over 'model', the dense layers are not repeated
+  within a model group: on 2x4 and 1x8 every device holds 1/8 of the batch and
+  does the per-device work of 8x1 data parallelism (XLA's cost analysis of the
+  compiled steps), where a batch split over 'data' alone would do 4x and 8x that."""
+  out = subprocess.run([sys.executable, "-c", _PER_DEVICE_WORK], cwd=REPO, env=cpu_env(8),
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = json.loads(out.stdout.strip().splitlines()[-1])
+  one, dp = report["1x1"], report["8x1"]
+  assert one["train_flops"] > 4 * dp["train_flops"]  # the tiny step is mostly per-row work
+  for mesh in ("8x1", "2x4", "1x8"):
+    assert report[mesh]["rows_per_device"] == [one["batch_size"] // 8], mesh
+  for mesh in ("2x4", "1x8"):
+    for kind in ("train_flops", "eval_flops"):
+      assert report[mesh][kind] < 1.1 * dp[kind], (mesh, kind, report)
 
 
 _TRY_PROCESS_MESHES = """

@@ -4,9 +4,10 @@ For each name in `MODELS`: output shapes and diagnostics follow the contract;
 training steps lower the loss on a fixed batch; named weights (and BatchNorm
 statistics) export and import unchanged; a checkpoint saved mid-run resumes to
 exactly the state of the uninterrupted run; and 8 simulated devices with the
-tables row-sharded give the 1-device loss, gradients and BatchNorm statistics
-(one subprocess for all models: simulated devices need XLA_FLAGS before jax
-starts; tests/contract_run.py says why gradients rather than parameters).
+tables row-sharded (over 'data' on 8x1, over 'model' on 2x4) give the 1-device
+loss, gradients and BatchNorm statistics (one subprocess for all models:
+simulated devices need XLA_FLAGS before jax starts; tests/contract_run.py says
+why gradients rather than parameters).
 """
 
 import json
@@ -115,9 +116,10 @@ def sharded_runs():
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("layout", sorted(contract_run.LAYOUTS))
 @pytest.mark.parametrize("name", NAMES)
-def test_eight_devices_with_row_sharded_tables_match_one_device(sharded_runs, name):
-  result = sharded_runs[name]
+def test_eight_devices_with_row_sharded_tables_match_one_device(sharded_runs, name, layout):
+  result = sharded_runs[f"{name}/{layout}"]
   assert result["tables_sharded"] > 0
   assert result["loss_difference"] < contract_run.TOLERANCE, result
   assert result["max_gradient_difference"] < contract_run.TOLERANCE, result
