@@ -32,7 +32,8 @@ from m3oe_jax.errors import MissingCheckpointError, WorkdirError
 
 # Config fields that may change between a run and its resumption.
 RESUMABLE_CHANGES = ("num_epochs", "patience", "log_every_steps", "checkpoint_every_steps",
-                     "eval_batch_size", "divergence_factor", "mesh.")
+                     "eval_batch_size", "divergence_factor", "mesh.", "steps_per_call",
+                     "prefetch_batches", "compilation_cache_dir")
 # Fields added to the config since checkpoints were first written, and the value a
 # checkpoint without them was trained with.
 ADDED_FIELDS = {"model.dtype": "float32"}

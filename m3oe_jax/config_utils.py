@@ -96,6 +96,17 @@ def add_paper_training(config: ml_collections.ConfigDict,
   # smaller of the first loss and the recent median); 0: no check.
   config.divergence_factor = 10.0
 
+  # Speed only; none of these changes what is trained. Training steps per jitted
+  # call (a lax.scan over k batches); logging, checkpoints and preemption act at
+  # call boundaries.
+  config.steps_per_call = 1
+  # Training calls whose batches are built and put on the devices ahead, in a
+  # background thread (0: built when needed).
+  config.prefetch_batches = 2
+  # JAX's persistent compilation cache, so a resumed or repeated run does not
+  # compile again; "{workdir}" is replaced by the run's workdir; "": not set here.
+  config.compilation_cache_dir = "{workdir}/compilation_cache"
+
   # Which domains and tasks this run trains on (Table 2's variants; empty: all).
   config.variant = ml_collections.ConfigDict()
   config.variant.domains = ()

@@ -9,6 +9,8 @@ checkpoint; a finished run only re-reports its test metrics, and a larger
 from __future__ import annotations
 
 import collections
+import dataclasses
+import functools
 import json
 import math
 import signal
@@ -20,6 +22,7 @@ import numpy as np
 from absl import flags, logging
 from etils import epath
 from jax.experimental import multihost_utils
+from jax.experimental.compilation_cache import compilation_cache
 from ml_collections import config_flags
 
 from m3oe_jax import checkpoint, cli, metrics, sharding
@@ -50,6 +53,78 @@ class NonFiniteLossError(TrainingDivergedError):
 
 class _PreemptedDuringStartup(Exception):
   pass
+
+
+@dataclasses.dataclass
+class Timings:
+  """Wall-clock seconds of a run's phases, filled in by `train_and_evaluate`.
+
+  `epochs`: (epoch, steps, seconds) of each epoch's training calls (batches,
+  steps, logging and health checks, and the epoch's architecture steps; not its
+  checkpoints). `evaluation` and `checkpointing`: seconds of each validation /
+  test pass and of each save. `compilation`: seconds JAX spent compiling or
+  reading programs from the persistent cache, `programs` how many, `cache_hits`
+  how many came from the cache; `first_call`: the first training call, compile
+  included."""
+  epochs: list = dataclasses.field(default_factory=list)
+  evaluation: list = dataclasses.field(default_factory=list)
+  checkpointing: list = dataclasses.field(default_factory=list)
+  compilation: float = 0.0
+  programs: int = 0
+  cache_hits: int = 0
+  first_call: float | None = None
+
+
+# JAX's monitoring events, counted for the whole process; a run reports the change.
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+_compiles = {"seconds": 0.0, "programs": 0, "cache_hits": 0}
+
+
+def _on_duration(event, duration, **kwargs):
+  del kwargs
+  if event == _COMPILE_EVENT:
+    _compiles["seconds"] += duration
+    _compiles["programs"] += 1
+
+
+def _on_event(event, **kwargs):
+  del kwargs
+  if event == _CACHE_HIT_EVENT:
+    _compiles["cache_hits"] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+jax.monitoring.register_event_listener(_on_event)
+
+
+class _CompilationCache:
+  """Points JAX's persistent compilation cache at `config.compilation_cache_dir`
+  for the run (every program is cached, however fast it compiled) and restores
+  the previous settings afterwards. "" leaves JAX's settings alone."""
+
+  def __init__(self, folder: str, workdir: epath.Path):
+    self.folder = folder.replace("{workdir}", str(workdir)) if folder else ""
+    self.previous = None
+
+  def __enter__(self):
+    if self.folder:
+      self.previous = (jax.config.jax_compilation_cache_dir,
+                       jax.config.jax_persistent_cache_min_compile_time_secs)
+      jax.config.update("jax_compilation_cache_dir", self.folder)
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+      compilation_cache.reset_cache()
+    self.start = dict(_compiles)
+    return self
+
+  def spent(self) -> dict:
+    return {k: _compiles[k] - self.start[k] for k in _compiles}
+
+  def __exit__(self, *exc_info):
+    if self.previous is not None:
+      jax.config.update("jax_compilation_cache_dir", self.previous[0])
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", self.previous[1])
+      compilation_cache.reset_cache()
 
 
 @jax.jit
@@ -105,6 +180,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   factor = config.get("divergence_factor", DIVERGENCE_FACTOR)
   if factor != 0 and not factor > 1:
     raise ConfigError(f"config.divergence_factor must be 0 (no check) or > 1, got {factor}")
+  for name, least in (("steps_per_call", 1), ("prefetch_batches", 0)):
+    value = config.get(name, least)
+    if isinstance(value, bool) or int(value) != value or value < least:
+      raise ConfigError(f"config.{name} must be a whole number >= {least}, got {value!r}")
+  if not isinstance(config.get("compilation_cache_dir", ""), str):
+    raise ConfigError("config.compilation_cache_dir must be a folder (a string; \"\" "
+                      f"leaves JAX's cache settings alone), got {config.compilation_cache_dir!r}")
   if config.get("test_weights", "best") not in TEST_WEIGHTS:
     raise ConfigError(f"config.test_weights={config.test_weights!r}; expected one of "
                       f"{TEST_WEIGHTS}")
@@ -167,19 +249,20 @@ class _Logger:
       self.writer = SummaryWriter(str(workdir / "tensorboard"))
     self.total_steps = total_steps
     self.batch_size = batch_size
-    self.pending: list[tuple[int, jax.Array]] = []
+    self.pending: list[tuple[int, jax.Array]] = []  # (first step, losses [steps])
     self.mark = (time.perf_counter(), None)
     self.divergence_factor = divergence_factor
     self.advice = advice
     self.first_loss = None
     self.recent = collections.deque(maxlen=DIVERGENCE_WINDOW)
 
-  def add_loss(self, step_number: int, loss: jax.Array) -> None:
-    self.pending.append((step_number, loss))
+  def add_losses(self, first_step: int, losses: jax.Array) -> None:
+    """The losses [n] of steps `first_step` .. `first_step + n - 1` (one call)."""
+    self.pending.append((first_step, losses))
 
   def wait_for_previous_step(self) -> None:
-    """Keeps at most two steps in flight: the device stays busy while the host
-    prepares the next batch, and the queue of dispatched steps stays short (XLA's
+    """Keeps at most two calls in flight: the device stays busy while the host
+    dispatches the next one, and the queue of dispatched steps stays short (XLA's
     CPU collectives time out when hundreds of steps are queued on a simulated
     mesh)."""
     if len(self.pending) > 1:
@@ -192,8 +275,13 @@ class _Logger:
     process saw and the median of the last DIVERGENCE_WINDOW healthy losses, and
     above that first loss (so a run that has converged to a tiny loss may still
     fluctuate)."""
-    values = [float(v) for v in jax.device_get([loss for _, loss in self.pending])]
-    for (step_number, _), value in zip(self.pending, values):
+    values, steps = [], []
+    for (first, _), losses in zip(self.pending,
+                                  jax.device_get([loss for _, loss in self.pending])):
+      losses = np.ravel(losses)
+      values += [float(v) for v in losses]
+      steps += range(first, first + len(losses))
+    for step_number, value in zip(steps, values):
       if not math.isfinite(value):
         raise NonFiniteLossError(f"training loss is {value} at step {step_number}; "
                                  f"stopping. {self.advice}")
@@ -226,6 +314,10 @@ class _Logger:
     self.scalars({"train/loss": loss, "train/examples_per_second": rate}, step_number)
     self.pending = []
     self.mark = (now, step_number)
+
+  def restart_clock(self, step_number: int) -> None:
+    """Rates from now on count from `step_number` (after evaluation, a resume)."""
+    self.mark = (time.perf_counter(), step_number)
 
   def scalars(self, values: dict[str, float], step_number: int) -> None:
     if self.writer is not None:
@@ -277,19 +369,32 @@ def _preempted(logger: _Logger, store: checkpoint.CheckpointStore, step_number: 
   return {"preempted": True, "step": step_number}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None,
+                       timings: Timings | None = None) -> dict:
   """Trains with early stopping, then evaluates the best weights on the test split.
 
   Returns the test metrics (also written to `workdir/metrics.json`). Holds the
   workdir's lock throughout (one trainer per workdir). A SIGTERM before the
   first step returns {"preempted": True, "step": None} without saving.
+  `dataset` replaces the one `config.data` names (benchmarks); `timings`, when
+  given, receives the run's phase timings.
   """
   check_config(config)
   workdir = epath.Path(workdir)  # local paths and gs:// alike
   preemption = _PreemptionWatch()
+  timings = Timings() if timings is None else timings
   try:
-    with WorkdirLock(workdir):
-      return _train_and_evaluate(config, workdir, preemption)
+    with WorkdirLock(workdir), _CompilationCache(config.get("compilation_cache_dir", ""),
+                                                 workdir) as cache:
+      try:
+        return _train_and_evaluate(config, workdir, preemption, dataset, timings)
+      finally:
+        spent = cache.spent()
+        timings.compilation, timings.programs, timings.cache_hits = (
+            spent["seconds"], spent["programs"], spent["cache_hits"])
+        logging.info("compilation: %.1f s for %d programs, %d of them from the persistent "
+                     "cache %s", timings.compilation, timings.programs, timings.cache_hits,
+                     cache.folder or "(not set by config.compilation_cache_dir)")
   except _PreemptedDuringStartup:
     logging.info("SIGTERM during start-up: stopped before training; the workdir's "
                  "checkpoints are as they were; rerun the same command to resume")
@@ -298,8 +403,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     preemption.close()
 
 
-def _train_and_evaluate(config, workdir: epath.Path, preemption: _PreemptionWatch) -> dict:
-  dataset = load_dataset(config.data, config.get("variant"))
+def _timed(seconds: list, function, *args, **kwargs):
+  start = time.perf_counter()
+  try:
+    return function(*args, **kwargs)
+  finally:
+    seconds.append(time.perf_counter() - start)
+
+
+def _call_batches(trainer: Trainer, first_step: int, call: tuple[int, int]):
+  index, count = call
+  return trainer.train_batches(first_step + index, count)
+
+
+def _reaches_multiple(step_number: int, count: int, every: int) -> bool:
+  """Whether one of steps `step_number - count + 1` .. `step_number` is a multiple
+  of `every`: a call that covers it acts at its end."""
+  return step_number // every > (step_number - count) // every
+
+
+def _train_and_evaluate(config, workdir: epath.Path, preemption: _PreemptionWatch, dataset,
+                        timings: Timings) -> dict:
+  if dataset is None:
+    dataset = load_dataset(config.data, config.get("variant"))
   num_train = len(dataset.splits["train"])
   if config.batch_size > num_train:
     logging.warning("config.batch_size=%d is larger than the %d training rows: every epoch "
@@ -325,36 +451,68 @@ def _train_and_evaluate(config, workdir: epath.Path, preemption: _PreemptionWatc
   logger = _Logger(workdir, steps_per_epoch * config.num_epochs, config.batch_size,
                    float(config.get("divergence_factor", DIVERGENCE_FACTOR)), advice)
   schedule = trainer.schedule
+  steps_per_call = int(config.get("steps_per_call", 1))
+  depth = int(config.get("prefetch_batches", 2))
+  # darts takes an architecture step after every arch_every_steps-th model step:
+  # no call may run past one.
+  arch_every = int(config.optimizer.arch_every_steps) if schedule == "darts" else 0
+  # The preemption service's sync point counts calls, the same in every process.
+  calls = int(state.step)
+
+  def save(*args):
+    _timed(timings.checkpointing, _save, *args)
+
   preemption.training_started()
   preempted = False
 
   while not progress.stopped_early and progress.epoch < config.num_epochs:
-    for index in range(progress.batch, steps_per_epoch):
-      state, out = trainer.model_step(state, trainer.train_batch(
-          progress.epoch * steps_per_epoch + index))
-      step_number = progress.epoch * steps_per_epoch + index + 1
-      logger.add_loss(step_number, out["loss"])
-      logger.wait_for_previous_step()
-      if schedule == "darts" and step_number % config.optimizer.arch_every_steps == 0:
-        state, _ = trainer.arch_step(state, trainer.arch_batch(progress.arch_steps))
-        progress.arch_steps += 1
-      progress.batch = index + 1
-      if step_number % config.log_every_steps == 0:
-        logger.flush_progress(step_number)
-      if step_number % config.checkpoint_every_steps == 0 and index + 1 < steps_per_epoch:
-        logger.check_health()
-        _save(store, "latest", state, progress, config, dataset.schema)
-      preempted = preemption.should_stop(step_number)
-      if preempted and index + 1 < steps_per_epoch:
-        logger.check_health()
-        _save(store, "latest", state, progress, config, dataset.schema)
-        return _preempted(logger, store, step_number)
+    first_step = progress.epoch * steps_per_epoch  # steps before this epoch
+    plan = pipeline.call_plan(first_step, progress.batch, steps_per_epoch, steps_per_call,
+                              arch_every)
+    epoch_start, saved_before = time.perf_counter(), sum(timings.checkpointing)
+    logger.restart_clock(first_step + progress.batch)
+    steps_before = progress.batch
+    batches_of = functools.partial(_call_batches, trainer, first_step)
+    with pipeline.Prefetcher(batches_of, plan, depth) as feed:
+      for (index, count), batches in feed:
+        state, out = trainer.multi_step(state, batches, np.int32(count))
+        if timings.first_call is None:
+          jax.block_until_ready(out["loss"])
+          timings.first_call = time.perf_counter() - epoch_start
+          logging.info("first training call (%d steps, compilation included): %.1f s",
+                       count, timings.first_call)
+        step_number = first_step + index + count
+        logger.add_losses(step_number - count + 1, out["loss"])
+        logger.wait_for_previous_step()
+        if arch_every and step_number % arch_every == 0:
+          state, _ = trainer.arch_step(state, trainer.arch_batch(progress.arch_steps))
+          progress.arch_steps += 1
+        progress.batch = index + count
+        if _reaches_multiple(step_number, count, config.log_every_steps):
+          logger.flush_progress(step_number)
+        if (_reaches_multiple(step_number, count, config.checkpoint_every_steps)
+            and progress.batch < steps_per_epoch):
+          logger.check_health()
+          save(store, "latest", state, progress, config, dataset.schema)
+        calls += 1
+        preempted = preemption.should_stop(calls)
+        if preempted and progress.batch < steps_per_epoch:
+          logger.check_health()
+          save(store, "latest", state, progress, config, dataset.schema)
+          return _preempted(logger, store, step_number)
     logger.flush_progress(int(state.step))
 
     if schedule in ("reference", "paper"):
       state, _ = trainer.arch_step(state, trainer.arch_batch(progress.arch_steps))
       progress.arch_steps += 1
-    validation, diagnostics = trainer.evaluate(state.variables(), "validation")
+      jax.block_until_ready(state)
+    seconds = (time.perf_counter() - epoch_start) - (sum(timings.checkpointing) - saved_before)
+    steps = steps_per_epoch - steps_before
+    timings.epochs.append((progress.epoch, steps, seconds))
+    logging.info("epoch %d: %d steps in %.1f s, %.0f examples/s (checkpoints excluded)",
+                 progress.epoch, steps, seconds, steps * config.batch_size / max(seconds, 1e-9))
+    validation, diagnostics = _timed(timings.evaluation, trainer.evaluate, state.variables(),
+                                     "validation")
     epoch = progress.epoch
     logging.info("epoch %d\n%s", epoch, metrics.format_table(validation, "validation"))
     logger.scalars({**metrics.scalars(validation, "validation"),
@@ -366,7 +524,7 @@ def _train_and_evaluate(config, workdir: epath.Path, preemption: _PreemptionWatc
       progress.best_metric, progress.best_step, progress.best_epoch = (
           score, int(state.step), epoch)
       progress.epochs_without_improvement = 0
-      _save(store, "best", state, progress, config, dataset.schema, validation)
+      save(store, "best", state, progress, config, dataset.schema, validation)
     else:
       progress.epochs_without_improvement += 1
     if progress.epochs_without_improvement >= config.patience:
@@ -374,7 +532,7 @@ def _train_and_evaluate(config, workdir: epath.Path, preemption: _PreemptionWatc
                    "%d epochs (best %.5f at epoch %d)", epoch, config.patience,
                    progress.best_metric, progress.best_epoch)
       progress.stopped_early = True
-    _save(store, "latest", state, progress, config, dataset.schema, validation)
+    save(store, "latest", state, progress, config, dataset.schema, validation)
     more_epochs = not progress.stopped_early and progress.epoch < config.num_epochs
     if preempted and more_epochs:  # the signal came at an epoch's last step
       return _preempted(logger, store, int(state.step))
@@ -385,7 +543,7 @@ def _train_and_evaluate(config, workdir: epath.Path, preemption: _PreemptionWatc
     tested, tested_state = "last", state
   else:
     tested, tested_state = "best", best_state
-  test, _ = trainer.evaluate(tested_state.variables(), "test")
+  test, _ = _timed(timings.evaluation, trainer.evaluate, tested_state.variables(), "test")
   schema = dataset.schema
   result = {"test": test, "tested_weights": tested, "tested_step": int(tested_state.step),
             "best_epoch": best_progress.best_epoch, "best_step": best_progress.best_step,

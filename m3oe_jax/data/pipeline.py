@@ -10,13 +10,19 @@ store integers to resume the data exactly where it stopped.
 Batches always have the configured size: the last, partial batch of an epoch is
 padded and carries `mask` (1.0 for real rows, 0.0 for padding), so that no row is
 dropped and the step compiles once.
+
+`Prefetcher` builds upcoming batches (and puts them on the devices) in a
+background thread while the device runs the current step; since every batch is a
+function of its position, running ahead changes nothing but the timing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterator, Mapping, Protocol
+import queue
+import threading
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 
@@ -140,3 +146,111 @@ def ordered_batches(source: RowSource, batch_size: int, process_index: int = 0,
   for start in range(0, n, batch_size):
     rows = np.arange(start, min(start + batch_size, n))[local]
     yield _padded_batch(source, rows, local.stop - local.start)
+
+
+def call_plan(first_step: int, start: int, stop: int, steps_per_call: int,
+              boundary_every: int = 0) -> list[tuple[int, int]]:
+  """(first batch index, number of batches) of each training call for batches
+  `start` .. `stop - 1` of an epoch whose first batch is global step
+  `first_step + 1`.
+
+  A call takes `steps_per_call` batches when it starts at a multiple of
+  `steps_per_call` within the epoch, fits in the epoch and, when
+  `boundary_every` > 0, ends no later than the next global step that is a
+  multiple of `boundary_every` (where something must happen between two steps);
+  every other batch is a call of its own. The plan of a resumed epoch is the
+  uninterrupted plan's tail whenever it resumes at one of its call boundaries.
+  """
+  plan, index = [], start
+  while index < stop:
+    count = 1
+    if steps_per_call > 1 and index % steps_per_call == 0 and index + steps_per_call <= stop:
+      count = steps_per_call
+      if boundary_every > 0:
+        done = first_step + index  # steps before this call
+        next_boundary = (done // boundary_every + 1) * boundary_every
+        if done + count > next_boundary:
+          count = 1
+    plan.append((index, count))
+    index += count
+  return plan
+
+
+class _Failed:
+
+  def __init__(self, error: BaseException):
+    self.error = error
+
+
+_DONE = object()
+
+
+class Prefetcher:
+  """Iterates over `(item, make(item))` for `items`, with up to `depth` results
+  built ahead in a background thread (`depth` 0: built in the caller's thread).
+
+  An exception in the thread is raised in the caller's thread when its item is
+  reached (items before it are delivered first). `close()` (or leaving the
+  `with` block) stops the thread after the item it is building and joins it;
+  nothing past the last of `items` is ever built.
+  """
+
+  def __init__(self, make: Callable[[Any], Any], items: Iterable[Any], depth: int):
+    self._make = make
+    self._items = list(items)
+    self._depth = int(depth)
+    self._stop = threading.Event()
+    self._thread = None
+    if self._depth > 0 and self._items:
+      self._queue = queue.Queue(maxsize=self._depth)
+      self._thread = threading.Thread(target=self._run, name="m3oe-prefetch", daemon=True)
+      self._thread.start()
+
+  def _put(self, value) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(value, timeout=0.05)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _run(self) -> None:
+    for item in self._items:
+      if self._stop.is_set():
+        return
+      try:
+        value = (item, self._make(item))
+      except BaseException as e:  # pylint: disable=broad-except
+        self._put(_Failed(e))
+        return
+      if not self._put(value):
+        return
+    self._put(_DONE)
+
+  def __iter__(self) -> Iterator[tuple[Any, Any]]:
+    if self._thread is None:
+      for item in self._items:
+        if self._stop.is_set():
+          return
+        yield item, self._make(item)
+      return
+    while True:
+      value = self._queue.get()
+      if value is _DONE:
+        return
+      if isinstance(value, _Failed):
+        self.close()
+        raise value.error
+      yield value
+
+  def close(self) -> None:
+    self._stop.set()
+    if self._thread is not None and self._thread is not threading.current_thread():
+      self._thread.join()
+
+  def __enter__(self) -> "Prefetcher":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
