@@ -4,6 +4,7 @@
   python benchmarks/bench_train.py --batch_sizes=4096,40960,262144 --embedding_share  # GPU
   python benchmarks/bench_train.py --models=all --batch_sizes=4096,40960 \
       --eval_batch_sizes=4096,40960   # every registered model, one table
+  python benchmarks/bench_train.py --batch_sizes=4096 --dtypes=float32,bfloat16  # side by side
 
 With --models, every named model (at its paper/spec size, -MDMT shape: 3
 domains x 2 tasks) is measured in the same run and a last table lists, per model,
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pathlib
 import statistics
 import sys
@@ -57,7 +59,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=wrong-import-position
 from benchmarks.common import (MOVIELENS_SCHEMA, peak_memory_bytes, random_batches,
-                               reference_config, time_runs)
+                               reference_config, run_reference_harness, time_runs)
 from m3oe_jax import losses, optim, step
 from m3oe_jax.data.schema import FeatureSchema
 from m3oe_jax.models import MODELS, build_model, init_variables
@@ -78,11 +80,35 @@ _REFERENCE_COLUMNS = flags.DEFINE_enum(
 _JSON = flags.DEFINE_string("json", None, "Also write the results to this file.")
 _MODELS = flags.DEFINE_list("models", ["m3oe"],
                             "Registered models to measure ('all': every one).")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32"],
+                            "Compute dtypes (config.model.dtype) to measure M3oE in, each "
+                            "batch size in every dtype in turn: float32, bfloat16.")
 
+_REFERENCE_ROOT = flags.DEFINE_string(
+    "reference_root", os.environ.get("M3OE_ROOT"),
+    "A checkout of the authors' PyTorch M3oE (default $M3OE_ROOT). Given, every round "
+    "times ours, then theirs through --reference_harness, for each batch size in turn.")
+_REFERENCE_PYTHON = flags.DEFINE_string(
+    "reference_python", os.environ.get("M3OE_REFERENCE_PYTHON", sys.executable),
+    "The interpreter (with torch) that runs the harness (default $M3OE_REFERENCE_PYTHON).")
+_REFERENCE_HARNESS = flags.DEFINE_string(
+    "reference_harness",
+    str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "peer" / "microbench.py"),
+    "The reference's timing harness (default ../shared/peer/microbench.py from the repo).")
+_REFERENCE_THREADS = flags.DEFINE_integer("reference_threads", 2, "torch threads.")
+_REFERENCE_STEPS = flags.DEFINE_integer(
+    "reference_steps", 10,
+    "Steps per timed run of the reference (the harness's default): on random labels its "
+    "Adam at lr 1e-2 slows down over hundreds of steps (at batch 256, from ~10k to under "
+    "1k examples/s by step ~400), so its runs are not stretched to --examples_per_run.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3,
+                               "With --reference_root: rounds of ours-then-theirs.")
+
+# Shown when the reference is not run alongside (--reference_root).
 REFERENCE_TRAIN = {256: 17_000, 4096: 34_500, 40960: 27_700}  # examples/s, PyTorch, 2 cores
 REFERENCE_EVAL = {4096: 99_000}
-TARGET_TRAIN = {256: 2.5, 4096: 1.3, 40960: 1.3}
-TARGET_EVAL = 1.3
+TARGET_TRAIN = {256: 4.0, 4096: 2.0, 40960: 2.0}
+TARGET_EVAL = 4.0
 
 
 def _flops(compiled) -> float | None:
@@ -151,8 +177,11 @@ def _check_same_loss(full, without, lookups, state, batch) -> None:
       err_msg="the step without lookups computes a different loss than the full step")
 
 
-def bench_train(config, schema, batch_size: int, repeats: int, examples: int,
-                embedding_share: bool = False) -> dict:
+def prepare_train(config, schema, batch_size: int, examples: int,
+                  embedding_share: bool = False) -> dict:
+  """The compiled train step for `batch_size` and `runs`: name -> a callable that
+  runs one timed run (`steps` steps) of the full step (and, with
+  `embedding_share`, of the step without lookups), threading the donated state."""
   model = build_model(config.model, schema)
   variables = init_variables(model, schema, jax.random.key(0))
   params = variables["params"]
@@ -183,26 +212,44 @@ def bench_train(config, schema, batch_size: int, repeats: int, examples: int,
     holder["state"] = s
 
   runs = {name: functools.partial(run_once, *loop) for name, loop in loops.items()}
-  rates = {name: [] for name in runs}
   for run in runs.values():
     run()  # warm-up
-  for _ in range(repeats):  # alternating, so that drift affects both steps alike
-    for name, run in runs.items():
-      rates[name] += time_runs(run, steps * batch_size, 1)
-  flops = _flops(compiled)
+  return {"batch_size": batch_size, "compile_s": compile_s, "compiled": compiled,
+          "loops": loops, "runs": runs, "steps": steps}
+
+
+def time_prepared(prepared: dict, repeats: int) -> dict[str, list[float]]:
+  """Examples/s of `repeats` timed runs of each of `prepared`'s runs, alternating,
+  so that drift affects them alike."""
+  rates = {name: [] for name in prepared["runs"]}
+  for _ in range(repeats):
+    for name, run in prepared["runs"].items():
+      rates[name] += time_runs(run, prepared["steps"] * prepared["batch_size"], 1)
+  return rates
+
+
+def train_result(prepared: dict, rates: dict[str, list[float]]) -> dict:
+  batch_size = prepared["batch_size"]
+  flops = _flops(prepared["compiled"])
   median = statistics.median(rates["full"])
-  result = {"batch_size": batch_size, "compile_s": compile_s,
+  result = {"batch_size": batch_size, "compile_s": prepared["compile_s"],
             "median_examples_per_s": median, "min": min(rates["full"]),
             "max": max(rates["full"]), "peak_memory_bytes": peak_memory_bytes(),
             "step_flops": flops,
             "achieved_flops_per_s": flops * median / batch_size if flops else None}
-  if embedding_share:
+  if "without_lookups" in rates:
     step_s = {name: statistics.median(batch_size / r for r in rs) for name, rs in rates.items()}
     result.update(median_step_s=step_s["full"],
                   without_lookups_median_step_s=step_s["without_lookups"],
                   embedding_share=1 - step_s["without_lookups"] / step_s["full"],
-                  without_lookups_step_flops=_flops(loops["without_lookups"][0]))
+                  without_lookups_step_flops=_flops(prepared["loops"]["without_lookups"][0]))
   return result
+
+
+def bench_train(config, schema, batch_size: int, repeats: int, examples: int,
+                embedding_share: bool = False) -> dict:
+  prepared = prepare_train(config, schema, batch_size, examples, embedding_share)
+  return train_result(prepared, time_prepared(prepared, repeats))
 
 
 def measure_train_throughput(config: ml_collections.ConfigDict, batch_size: int,
@@ -215,7 +262,8 @@ def measure_train_throughput(config: ml_collections.ConfigDict, batch_size: int,
   return bench_train(config, schema, batch_size, repeats, examples)["median_examples_per_s"]
 
 
-def bench_eval(config, schema, batch_size: int, repeats: int, examples: int) -> dict:
+def prepare_eval(config, schema, batch_size: int, examples: int) -> dict:
+  """The compiled eval step for `batch_size`, in `prepare_train`'s form."""
   model = build_model(config.model, schema)
   params = init_variables(model, schema, jax.random.key(0))
   batches = random_batches(schema, batch_size, 4)
@@ -231,10 +279,20 @@ def bench_eval(config, schema, batch_size: int, repeats: int, examples: int) -> 
     jax.block_until_ready(probs)
 
   run_once()
-  rates = time_runs(run_once, steps * batch_size, repeats)
-  return {"batch_size": batch_size, "compile_s": compile_s,
+  return {"batch_size": batch_size, "compile_s": compile_s, "compiled": compiled,
+          "runs": {"full": run_once}, "steps": steps}
+
+
+def eval_result(prepared: dict, rates: dict[str, list[float]]) -> dict:
+  rates = rates["full"]
+  return {"batch_size": prepared["batch_size"], "compile_s": prepared["compile_s"],
           "median_examples_per_s": statistics.median(rates), "min": min(rates),
           "max": max(rates), "peak_memory_bytes": peak_memory_bytes()}
+
+
+def bench_eval(config, schema, batch_size: int, repeats: int, examples: int) -> dict:
+  prepared = prepare_eval(config, schema, batch_size, examples)
+  return eval_result(prepared, time_prepared(prepared, repeats))
 
 
 def matmul_flops_per_s(n: int = 2048, repeats: int = 10) -> float:
@@ -289,6 +347,68 @@ def compare_models(names, schema, batch_sizes, eval_sizes, repeats, examples) ->
   return rows
 
 
+def side_by_side(config, schema, train_sizes, eval_sizes, dtypes, rounds: int, repeats: int,
+                 examples: int, reference: dict) -> dict:
+  """Ours and the PyTorch reference (`reference`: the keyword arguments of
+  `run_reference_harness` other than mode, batch size, steps and repeats),
+  alternating: each round measures the 2048^2 matmul, then for each (kind, batch
+  size) ours in every dtype (`repeats` timed runs) and then theirs (`repeats` timed
+  runs, in one harness subprocess). Medians over all rounds."""
+  prepared = {}
+  for kind, sizes in (("train", train_sizes), ("eval", eval_sizes)):
+    for b in sizes:
+      for dtype in dtypes:
+        config.model.dtype = dtype
+        prepared[kind, b, dtype] = (prepare_train(config, schema, b, examples) if kind == "train"
+                                    else prepare_eval(config, schema, b, examples))
+  ours = {key: {"full": []} for key in prepared}
+  ours_rounds = {key: [] for key in prepared}
+  theirs = {(kind, b): [] for kind, b, _ in prepared}
+  peaks = []
+  for r in range(rounds):
+    peaks.append(matmul_flops_per_s())
+    print(f"round {r + 1}/{rounds}: 2048^2 matmul {peaks[-1] / 1e9:.1f} GFLOP/s", flush=True)
+    for kind, b in theirs:
+      cells = []
+      for dtype in dtypes:
+        rates = time_prepared(prepared[kind, b, dtype], repeats)["full"]
+        ours[kind, b, dtype]["full"] += rates
+        ours_rounds[kind, b, dtype].append(statistics.median(rates))
+        cells.append(f"ours {dtype} {ours_rounds[kind, b, dtype][-1]:,.0f}")
+      row = run_reference_harness(mode=kind, batch_size=b, repeats=repeats, **reference)
+      theirs[kind, b].append(row["ex_per_s_median"])
+      print(f"  {kind} {b}: " + ", ".join(cells) + f", theirs {row['ex_per_s_median']:,.0f} "
+            f"examples/s", flush=True)
+  peak = statistics.median(peaks)
+  results = {"matmul_flops_per_s": peak, "matmul_flops_per_s_rounds": peaks, "rounds": rounds,
+             "train": [], "eval": []}
+  for (kind, b, dtype), p in prepared.items():
+    r = (train_result if kind == "train" else eval_result)(p, ours[kind, b, dtype])
+    ref = statistics.median(theirs[kind, b])
+    per_round = [o / t for o, t in zip(ours_rounds[kind, b, dtype], theirs[kind, b])]
+    r.update(dtype=dtype, reference_examples_per_s=ref, reference_rounds=theirs[kind, b],
+             rounds=ours_rounds[kind, b, dtype], ratio=r["median_examples_per_s"] / ref,
+             ratio_min=min(per_round), ratio_max=max(per_round),
+             target=(TARGET_TRAIN.get(b) if kind == "train" else TARGET_EVAL))
+    if r.get("achieved_flops_per_s"):
+      r["fraction_of_matmul"] = r["achieved_flops_per_s"] / peak
+    results[kind].append(r)
+  print(f"\nmedians of {rounds} rounds (ours: {rounds}x{repeats} timed runs; theirs: the "
+        f"medians of {rounds} harness runs of {repeats}); 2048^2 matmul {peak / 1e9:.1f} GFLOP/s")
+  print(f"{'':6}{'dtype':>9} {'batch':>6} {'ours ex/s':>10} {'theirs ex/s':>11} {'ratio':>6} "
+        f"{'per round':>11} {'target':>6} {'GFLOP/s':>8} {'of matmul':>9}")
+  for kind in ("train", "eval"):
+    for r in results[kind]:
+      flops = r.get("achieved_flops_per_s")
+      flop_cells = (f"{flops / 1e9:>8.1f} {r['fraction_of_matmul']:>9.0%}" if flops
+                    else f"{'':>8} {'':>9}")
+      print(f"{kind:6}{r['dtype']:>9} {r['batch_size']:>6} {r['median_examples_per_s']:>10,.0f} "
+            f"{r['reference_examples_per_s']:>11,.0f} {r['ratio']:>6.2f} "
+            f"{r['ratio_min']:>5.2f}-{r['ratio_max']:<5.2f} {r['target'] or 0:>6.1f} "
+            f"{flop_cells}")
+  return results
+
+
 def main(argv):
   del argv
   if _MODELS.value != ["m3oe"]:
@@ -305,6 +425,20 @@ def main(argv):
     return
   config = reference_config()
   device = jax.devices()[0]
+  if _REFERENCE_ROOT.value:
+    print(f"jax {jax.__version__} on {device.device_kind} x{jax.device_count()}; reference: "
+          f"{_REFERENCE_HARNESS.value} on {_REFERENCE_ROOT.value} ({_REFERENCE_PYTHON.value})")
+    reference = {"python": _REFERENCE_PYTHON.value, "harness": _REFERENCE_HARNESS.value,
+                 "root": _REFERENCE_ROOT.value, "threads": _REFERENCE_THREADS.value,
+                 "steps": _REFERENCE_STEPS.value}
+    results = side_by_side(config, MOVIELENS_SCHEMA, [int(b) for b in _BATCH_SIZES.value],
+                           [int(b) for b in _EVAL_BATCH_SIZES.value], _DTYPES.value,
+                           _ROUNDS.value, _REPEATS.value, _EXAMPLES.value, reference)
+    results["device"] = f"{device.device_kind} x{jax.device_count()}"
+    if _JSON.value:
+      with open(_JSON.value, "w") as f:
+        json.dump(results, f, indent=2)
+    return
   show_reference = _REFERENCE_COLUMNS.value == "show" or (
       _REFERENCE_COLUMNS.value == "auto" and device.platform == "cpu")
   share = _EMBEDDING_SHARE.value
@@ -313,7 +447,8 @@ def main(argv):
   print(f"2048^2 float32 matmul: {peak / 1e9:.1f} GFLOP/s")
   results = {"device": f"{device.device_kind} x{jax.device_count()}",
              "matmul_flops_per_s": peak, "train": [], "eval": []}
-  header = (f"{'':6}{'batch':>7} {'compile s':>10} {'median ex/s':>12} {'min':>9} "
+  width = 6 if len(_DTYPES.value) == 1 else 15
+  header = (f"{'':{width}}{'batch':>7} {'compile s':>10} {'median ex/s':>12} {'min':>9} "
             f"{'max':>9} {'ref ex/s':>9} {'ratio':>6} {'target':>6} {'GFLOP/s':>8} "
             f"{'peak MiB':>9}" + (f" {'emb share':>9}" if share else ""))
   print(header)
@@ -322,8 +457,11 @@ def main(argv):
           ("eval", bench_eval, _EVAL_BATCH_SIZES.value, REFERENCE_EVAL,
            dict.fromkeys(REFERENCE_EVAL, TARGET_EVAL))]
   for kind, bench, sizes, references, targets in runs:
-    for b in (int(x) for x in sizes):
+    for b, dtype in ((int(x), dtype) for x in sizes for dtype in _DTYPES.value):
+      config.model.dtype = dtype
+      label = kind if len(_DTYPES.value) == 1 else f"{kind} {dtype}"
       r = bench(config, MOVIELENS_SCHEMA, b, _REPEATS.value, _EXAMPLES.value)
+      r["dtype"] = dtype
       ref = references.get(b) if show_reference else None
       r["reference_examples_per_s"] = ref
       r["ratio"] = r["median_examples_per_s"] / ref if ref else None
@@ -333,7 +471,8 @@ def main(argv):
       else:
         reference_cells = f"{'':>9} {'':>6} {'':>6}"
       flops = r.get("achieved_flops_per_s")
-      line = (f"{kind:6}{b:>7} {r['compile_s']:>10.2f} {r['median_examples_per_s']:>12,.0f} "
+      line = (f"{label:{width}}{b:>7} {r['compile_s']:>10.2f} "
+              f"{r['median_examples_per_s']:>12,.0f} "
               f"{r['min']:>9,.0f} {r['max']:>9,.0f} {reference_cells} "
               f"{f'{flops / 1e9:.1f}' if flops else '':>8} "
               f"{r['peak_memory_bytes'] / 2**20:>9.0f}")

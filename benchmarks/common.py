@@ -6,7 +6,9 @@ still define its own flags.
 
 from __future__ import annotations
 
+import json
 import resource
+import subprocess
 import time
 
 import jax
@@ -74,3 +76,18 @@ def time_runs(run_once, examples_per_run: int, repeats: int) -> list[float]:
     run_once()
     rates.append(examples_per_run / (time.perf_counter() - start))
   return rates
+
+
+def run_reference_harness(python: str, harness: str, root: str, mode: str, batch_size: int,
+                          steps: int, repeats: int, threads: int = 2) -> dict:
+  """One run of the PyTorch reference's timing harness (`harness`, run by the
+  interpreter `python` on the authors' checkout `root`) in a subprocess: its JSON
+  row for `mode` ('train', 'trainer' or 'eval') at `batch_size`, with
+  `ex_per_s_median` over `repeats` timed runs of `steps` steps each."""
+  cmd = [python, harness, "--m3oe_root", root, "--mode", mode, "--batch_size", str(batch_size),
+         "--steps", str(steps), "--repeats", str(repeats), "--warmup", str(min(5, steps)),
+         "--threads", str(threads)]
+  done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if done.returncode != 0:
+    raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+  return json.loads(done.stdout.strip().splitlines()[-1])
