@@ -118,6 +118,17 @@ def _same_prepared_data(cfg, clean):
   assert a == b
 
 
+def _holder_and_waiter(child, cfg, first_mode: str, tmp_path):
+  """A preparation holding the lock in `first_mode`, and a second one that has
+  started waiting for it."""
+  first = _spawn(child, cfg, first_mode, tmp_path / "first.marker", tmp_path)
+  _wait_until((tmp_path / "first.marker").exists, first, "the first preparation")
+  second = _spawn(child, cfg, "run", tmp_path / "second.marker", tmp_path)
+  _wait_until(lambda: "is being prepared by pid" in pathlib.Path(
+      second.log_path).read_text(), second, "the second to wait for the first")
+  return first, second
+
+
 @pytest.mark.slow
 def test_rerun_after_sigkill_cleans_up_and_gives_the_same_data(raw, tmp_path):
   top, child, clean = raw
@@ -149,11 +160,7 @@ def test_two_preparations_at_once_do_the_work_once(raw, tmp_path):
   data, scratch = tmp_path / "tfds", tmp_path / "scratch"
   cfg = _config(top, data, scratch)
   go = tmp_path / "go"
-  first = _spawn(child, cfg, f"wait:{go}", tmp_path / "first.marker", tmp_path)
-  _wait_until((tmp_path / "first.marker").exists, first, "the first preparation")
-  second = _spawn(child, cfg, "run", tmp_path / "second.marker", tmp_path)
-  _wait_until(lambda: "is being prepared by pid" in pathlib.Path(
-      second.log_path).read_text(), second, "the second to wait for the first")
+  first, second = _holder_and_waiter(child, cfg, f"wait:{go}", tmp_path)
   go.touch()
   out_first, out_second = _finish(first), _finish(second)
   assert not (tmp_path / "second.marker").exists()  # it never prepared
@@ -168,11 +175,7 @@ def test_a_waiting_preparation_takes_over_when_the_holder_is_killed(raw, tmp_pat
   top, child, clean = raw
   data, scratch = tmp_path / "tfds", tmp_path / "scratch"
   cfg = _config(top, data, scratch)
-  first = _spawn(child, cfg, "hang", tmp_path / "first.marker", tmp_path)
-  _wait_until((tmp_path / "first.marker").exists, first, "the first preparation")
-  second = _spawn(child, cfg, "run", tmp_path / "second.marker", tmp_path)
-  _wait_until(lambda: "is being prepared by pid" in pathlib.Path(
-      second.log_path).read_text(), second, "the second to wait for the first")
+  first, second = _holder_and_waiter(child, cfg, "hang", tmp_path)
   first.send_signal(signal.SIGKILL)
   assert first.wait(60) == -signal.SIGKILL
   out = _finish(second)
