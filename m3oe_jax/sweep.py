@@ -34,6 +34,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from m3oe_jax.config_utils import apply_override
+from m3oe_jax.errors import ConfigError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 KINDS = ("single", "mtl", "mdl", "mdmt")
@@ -401,8 +402,7 @@ def main(argv):
       raise app.UsageError("--launcher is for --dry_run; without it the sweep runs locally")
     counts = run_sweep(sweep, cli.WORKDIR.value, config_flag)
   except (FileNotFoundError, KeyError, ValueError) as e:
-    print(f"m3oe_jax.sweep: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    raise ConfigError(str(e)) from None  # cli.run prints it as one line, exit status 2
   if counts.get("failed"):
     sys.exit(1)
 
