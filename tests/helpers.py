@@ -59,7 +59,8 @@ def batch_of(dataset, n=64, split="train"):
 def cpu_env(devices: int) -> dict:
   """The environment of a subprocess with `devices` simulated CPU devices."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  flags = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count", "")
+  flags = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                   if not f.startswith("--xla_force_host_platform_device_count"))
   env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
   return env
 
