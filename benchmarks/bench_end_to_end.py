@@ -3,11 +3,12 @@
   python benchmarks/bench_end_to_end.py                        # 1M rows, batch 4096 and 40960
   python benchmarks/bench_end_to_end.py --rows=200000 --model_size=tiny   # quick, on a CPU
   python benchmarks/bench_end_to_end.py --steps_per_call=1,4 --prefetch_batches=0,2
+  python benchmarks/bench_end_to_end.py --dtypes=float32,bfloat16   # config.model.dtype
 
 Data: MovieLens-1M-sized random rows (`--rows`, the schema of benchmarks/common.py),
 split 8:1:1 and held as the trainer would hold prepared data (`--placement`: host
 arrays, memory-mapped .npy files, or device arrays). Each configuration (batch
-size x steps per call x prefetch depth) runs `train_and_evaluate` for `--epochs`
+size x compute dtype x steps per call x prefetch depth) runs `train_and_evaluate` for `--epochs`
 epochs in a fresh workdir (batches, steps, logging, health checks, validation each
 epoch, checkpoints, the test pass), with `Timings` recording each phase. Its
 training examples/s is the median over the epochs after the first (the first
@@ -16,10 +17,12 @@ compiles); evaluation and checkpoint seconds are reported beside it, not in it.
 The pure step is the same `Trainer.multi_step` (the same k) on batches already
 on the devices, timed over one epoch's worth of calls before and after each
 training run (alternating, so both see the same machine load); its median is
-the ceiling the epoch is compared with (`epoch / step`; target >= 0.90). `gain`
-is each row's epoch examples/s over the k=1 row's of the same batch size and
-prefetch depth. All runs share one compilation cache folder, so only a
-configuration's first run compiles.
+the ceiling the epoch is compared with (`epoch / step`; target >= 0.90). `input`
+is the input path alone (the same calls' batches gathered, stacked and put on the
+devices, no step): the other ceiling, which the background thread must keep above
+the step's rate. `gain` is each row's epoch examples/s over the k=1 row's of the
+same batch size, dtype and prefetch depth. All runs share one compilation cache
+folder, so only a configuration's first run compiles.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ _ROWS = flags.DEFINE_integer("rows", 1_000_000, "Rows of the whole dataset (8:1:
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["4096", "40960"], "Train batch sizes.")
 _STEPS_PER_CALL = flags.DEFINE_list("steps_per_call", ["1", "4"], "config.steps_per_call values.")
 _PREFETCH = flags.DEFINE_list("prefetch_batches", ["2"], "config.prefetch_batches values.")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32"], "config.model.dtype values.")
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs per training run (the first compiles).")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Training runs per configuration.")
 _PLACEMENT = flags.DEFINE_enum("placement", "host", ["host", "stream", "device"],
@@ -85,7 +89,7 @@ def make_dataset(num_rows: int, placement: str, folder: pathlib.Path) -> Dataset
   return Dataset(schema=MOVIELENS_SCHEMA, splits=splits)
 
 
-def make_config(batch_size: int, steps_per_call: int, prefetch: int,
+def make_config(batch_size: int, steps_per_call: int, prefetch: int, dtype: str,
                 cache_dir: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -93,6 +97,7 @@ def make_config(batch_size: int, steps_per_call: int, prefetch: int,
   add_paper_training(config, _MODEL.value)
   if _MODEL_SIZE.value == "tiny":
     shrink_to_tiny(config)
+  config.model.dtype = dtype
   config.batch_size = config.eval_batch_size = batch_size
   config.num_epochs = _EPOCHS.value
   config.patience = _EPOCHS.value + 1
@@ -119,19 +124,30 @@ def pure_step_rate(trainer: Trainer, state, batch_size: int, k: int, calls: int)
   return state, calls * k * batch_size / (time.perf_counter() - start)
 
 
+def input_rate(trainer: Trainer, batch_size: int, k: int, calls: int) -> float:
+  """Examples/s of the input path alone: `calls` calls' batches gathered from the
+  prepared rows, stacked and put on the devices, as the prefetch thread does it."""
+  start = time.perf_counter()
+  for i in range(calls):
+    batches = trainer.train_batches(i * k, k)
+  jax.block_until_ready(batches)
+  return calls * k * batch_size / (time.perf_counter() - start)
+
+
 def measure(dataset: Dataset, root: pathlib.Path, batch_size: int, k: int, prefetch: int,
-            cache_dir: str) -> dict:
-  config = make_config(batch_size, k, prefetch, cache_dir)
+            dtype: str, cache_dir: str) -> dict:
+  config = make_config(batch_size, k, prefetch, dtype, cache_dir)
   trainer = Trainer(config, dataset, sharding.make_mesh(config.mesh))
   state = trainer.initial_state(0)
   steps_per_epoch = pipeline.num_batches(len(dataset.splits["train"]), batch_size)
   calls = max(1, steps_per_epoch // k)
   step_rates, epoch_rates, runs = [], [], []
+  input_examples_per_s = input_rate(trainer, batch_size, k, calls)
   state, rate = pure_step_rate(trainer, state, batch_size, k, calls)
   step_rates.append(rate)
   for repeat in range(_REPEATS.value):
     timings = train.Timings()
-    workdir = root / f"b{batch_size}_k{k}_p{prefetch}_r{repeat}"
+    workdir = root / f"b{batch_size}_k{k}_p{prefetch}_{dtype}_r{repeat}"
     with contextlib.redirect_stdout(io.StringIO()):  # the run's metric tables
       train.train_and_evaluate(config, str(workdir), dataset=dataset, timings=timings)
     epoch_rates += [steps * batch_size / seconds for epoch, steps, seconds in timings.epochs
@@ -142,10 +158,12 @@ def measure(dataset: Dataset, root: pathlib.Path, batch_size: int, k: int, prefe
   epochs = max(1, _EPOCHS.value)
   return {
       "batch_size": batch_size, "steps_per_call": k, "prefetch_batches": prefetch,
+      "dtype": dtype,
       "steps_per_epoch": steps_per_epoch,
       "epoch_examples_per_s": statistics.median(epoch_rates) if epoch_rates else None,
       "epoch_rates": epoch_rates,
       "step_examples_per_s": statistics.median(step_rates), "step_rates": step_rates,
+      "input_examples_per_s": input_examples_per_s,
       "evaluation_s_per_epoch": statistics.median(
           sum(t.evaluation[:-1]) / epochs for t in runs),
       "checkpoint_s_per_epoch": statistics.median(
@@ -172,28 +190,33 @@ def main(argv):
           f"{_REPEATS.value} runs per row", flush=True)
     results = []
     for batch_size in map(int, _BATCH_SIZES.value):
-      for prefetch in map(int, _PREFETCH.value):
-        for k in map(int, _STEPS_PER_CALL.value):
-          results.append(measure(dataset, root, batch_size, k, prefetch, cache_dir))
-          r = results[-1]
-          print(f"  batch {batch_size} k={k} prefetch={prefetch}: epochs "
-                f"{[round(x) for x in r['epoch_rates']]}, step "
-                f"{[round(x) for x in r['step_rates']]} examples/s", flush=True)
-  header = (f"{'batch':>6} {'k':>3} {'prefetch':>8} {'epoch ex/s':>11} {'step ex/s':>11} "
+      for dtype in _DTYPES.value:
+        for prefetch in map(int, _PREFETCH.value):
+          for k in map(int, _STEPS_PER_CALL.value):
+            results.append(measure(dataset, root, batch_size, k, prefetch, dtype, cache_dir))
+            r = results[-1]
+            print(f"  batch {batch_size} {dtype} k={k} prefetch={prefetch}: epochs "
+                  f"{[round(x) for x in r['epoch_rates']]}, step "
+                  f"{[round(x) for x in r['step_rates']]} examples/s", flush=True)
+  header = (f"{'batch':>6} {'dtype':>8} {'k':>3} {'prefetch':>8} {'epoch ex/s':>11} "
+            f"{'step ex/s':>11} {'input ex/s':>11} "
             f"{'epoch/step':>10} {'gain':>6} {'eval s/ep':>9} {'ckpt s/ep':>9} "
             f"{'compile s':>10} {'1st call s':>10}")
   print(header)
   for r in results:
     base = next(x for x in results if x["batch_size"] == r["batch_size"]
                 and x["prefetch_batches"] == r["prefetch_batches"]
+                and x["dtype"] == r["dtype"]
                 and x["steps_per_call"] == 1) if any(
                     x["steps_per_call"] == 1 for x in results) else None
     epoch = r["epoch_examples_per_s"]
     ratio = epoch / r["step_examples_per_s"] if epoch else float("nan")
     gain = epoch / base["epoch_examples_per_s"] if base and epoch and base[
         "epoch_examples_per_s"] else float("nan")
-    print(f"{r['batch_size']:>6} {r['steps_per_call']:>3} {r['prefetch_batches']:>8} "
-          f"{epoch or float('nan'):>11.0f} {r['step_examples_per_s']:>11.0f} {ratio:>10.2f} "
+    print(f"{r['batch_size']:>6} {r['dtype']:>8} {r['steps_per_call']:>3} "
+          f"{r['prefetch_batches']:>8} "
+          f"{epoch or float('nan'):>11.0f} {r['step_examples_per_s']:>11.0f} "
+          f"{r['input_examples_per_s']:>11.0f} {ratio:>10.2f} "
           f"{gain:>6.2f} {r['evaluation_s_per_epoch']:>9.2f} {r['checkpoint_s_per_epoch']:>9.2f} "
           f"{'/'.join(map(str, r['compile_s'])):>10} "
           f"{'/'.join(map(str, r['first_call_s'])):>10}")

@@ -151,8 +151,8 @@ def compiled_bytes_per_device(compiled) -> int | None:
 
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """This process's rows of a global batch, split over its devices (`batch_sharding`)."""
-  sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+  # One call for all columns: on one process, a single batched transfer.
+  return jax.make_array_from_process_local_data(batch_sharding(mesh), dict(batch))
 
 
 def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -165,10 +165,9 @@ def put_stacked_batches(batches: list[dict], mesh: Mesh) -> dict[str, jax.Array]
   """This process's rows of k global batches, stacked [k, rows, ...] on the mesh
   (`stacked_batch_sharding`). Columns already on a device (device placement) are
   stacked there."""
-  sharding = stacked_batch_sharding(mesh)
   stacked = {}
   for key in batches[0]:
     columns = [b[key] for b in batches]
     stack = jax.numpy.stack if isinstance(columns[0], jax.Array) else np.stack
-    stacked[key] = jax.make_array_from_process_local_data(sharding, stack(columns))
-  return stacked
+    stacked[key] = stack(columns)
+  return jax.make_array_from_process_local_data(stacked_batch_sharding(mesh), stacked)

@@ -59,7 +59,8 @@ class ArraySource:
     return len(self.columns["domain"])
 
   def take(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: self.columns[k][indices] for k in BATCH_KEYS}
+    # np.take gathers rows 2-3x faster than fancy indexing, the same values.
+    return {k: np.take(self.columns[k], indices, axis=0) for k in BATCH_KEYS}
 
 
 @dataclasses.dataclass
