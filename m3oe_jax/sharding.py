@@ -161,13 +161,8 @@ def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(None, *batch_sharding(mesh).spec))
 
 
-def put_stacked_batches(batches: list[dict], mesh: Mesh) -> dict[str, jax.Array]:
-  """This process's rows of k global batches, stacked [k, rows, ...] on the mesh
-  (`stacked_batch_sharding`). Columns already on a device (device placement) are
-  stacked there."""
-  stacked = {}
-  for key in batches[0]:
-    columns = [b[key] for b in batches]
-    stack = jax.numpy.stack if isinstance(columns[0], jax.Array) else np.stack
-    stacked[key] = stack(columns)
-  return jax.make_array_from_process_local_data(stacked_batch_sharding(mesh), stacked)
+def put_stacked_batch(stacked: dict, mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's rows of k global batches, stacked [k, rows, ...], on the mesh
+  (`stacked_batch_sharding`), all columns in one call. Columns already on a
+  device (device placement) are laid out there."""
+  return jax.make_array_from_process_local_data(stacked_batch_sharding(mesh), dict(stacked))

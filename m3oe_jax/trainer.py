@@ -167,10 +167,9 @@ class Trainer(Evaluator):
   def train_batches(self, position: int, count: int):
     """Batches `position` .. `position + count - 1` of the training stream,
     stacked [count, batch, ...] on the mesh: the input of `multi_step`."""
-    batches = [pipeline.shuffled_batch(
-        self.dataset.splits["train"], self.config.batch_size, self.config.seed, p,
-        jax.process_index(), jax.process_count()) for p in range(position, position + count)]
-    return sharding.put_stacked_batches(batches, self.mesh)
+    return sharding.put_stacked_batch(pipeline.shuffled_batches(
+        self.dataset.splits["train"], self.config.batch_size, self.config.seed, position,
+        count, jax.process_index(), jax.process_count()), self.mesh)
 
   def arch_batch(self, arch_steps: int):
     """The architecture step's batch: training data for reference/paper, validation

@@ -107,26 +107,55 @@ def epoch_permutation(num_rows: int, seed: int, epoch: int) -> np.ndarray:
   return permutation
 
 
+def shuffled_batches(source: RowSource, batch_size: int, seed: int, position: int,
+                     count: int, process_index: int = 0,
+                     process_count: int = 1) -> dict[str, np.ndarray]:
+  """Batches `position` .. `position + count - 1` of an endless shuffled stream
+  over `source`, stacked [count, rows, ...] and gathered in one `take`.
+
+  Epoch `e` of the stream visits every row once in the order
+  `epoch_permutation(len(source), seed, e)`; its last batch is padded (mask 0,
+  zero features) to `batch_size`. Each process gets its own slice of every global
+  batch; all slices together are the global batch. Only real rows are read.
+  """
+  local = _local_slice(batch_size, process_index, process_count)
+  per_epoch = num_batches(len(source), batch_size)
+  rows = np.full((count, batch_size), -1, np.int64)
+  for i in range(count):
+    epoch, index = divmod(position + i, per_epoch)
+    chosen = epoch_permutation(len(source), seed, epoch)[index * batch_size:
+                                                         (index + 1) * batch_size]
+    rows[i, :len(chosen)] = chosen
+  flat = rows[:, local].reshape(-1)
+  real = flat >= 0
+  if real.all():
+    batch = source.take(flat)
+  else:
+    batch = {k: _scatter_rows(v, real) for k, v in source.take(flat[real]).items()}
+  batch = {k: v.reshape((count, -1) + v.shape[1:]) for k, v in batch.items()}
+  batch["mask"] = real.reshape(count, -1).astype(np.float32)
+  return batch
+
+
+def _scatter_rows(values, real: np.ndarray):
+  """`values` (the real rows, in order) at the positions where `real` is True of
+  an array of len(real) rows, the others zero; on the host or on the device."""
+  if isinstance(values, np.ndarray):
+    out = np.zeros((len(real),) + values.shape[1:], values.dtype)
+    out[real] = values
+    return out
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return jnp.zeros((len(real),) + values.shape[1:], values.dtype).at[
+      np.flatnonzero(real)].set(values)
+
+
 def shuffled_batch(source: RowSource, batch_size: int, seed: int, position: int,
                    process_index: int = 0,
                    process_count: int = 1) -> dict[str, np.ndarray]:
-  """Batch number `position` of an endless shuffled stream over `source`.
-
-  Epoch `e` of the stream visits every row once in the order
-  `epoch_permutation(len(source), seed, e)`. Each process gets its own slice of
-  the global batch; all slices together are the global batch.
-  """
-  per_epoch = num_batches(len(source), batch_size)
-  epoch, index = divmod(position, per_epoch)
-  perm = epoch_permutation(len(source), seed, epoch)
-  global_rows = perm[index * batch_size:(index + 1) * batch_size]
-  local = _local_slice(batch_size, process_index, process_count)
-  padded = np.full((batch_size,), -1, np.int64)
-  padded[:len(global_rows)] = global_rows
-  rows = padded[local]
-  real = rows[rows >= 0]
-  batch = _padded_batch(source, real, local.stop - local.start)
-  return batch
+  """Batch number `position` of the stream of `shuffled_batches`."""
+  batch = shuffled_batches(source, batch_size, seed, position, 1, process_index,
+                           process_count)
+  return {k: v[0] for k, v in batch.items()}
 
 
 def epoch_batches(source: RowSource, batch_size: int, seed: int, epoch: int,

@@ -54,3 +54,20 @@ def test_ordered_batches_cover_every_row_once_across_processes():
 def test_a_batch_that_processes_cannot_split_evenly_is_refused():
   with pytest.raises(ValueError, match="not divisible by the number of processes"):
     pipeline.shuffled_batch(RecordingSource(10), 9, 0, 0, 0, 2)
+
+
+def test_stacked_batches_across_an_epoch_end_read_only_real_rows_once():
+  n, batch_size = 70, 16  # 5 batches an epoch, the last with 6 real rows
+  for p in range(2):
+    source = RecordingSource(n)
+    stacked = pipeline.shuffled_batches(source, batch_size, 7, 3, 4, p, 2)  # batches 3..6
+    assert stacked["sparse"].shape == (4, batch_size // 2, 1)
+    for j in range(4):
+      single = pipeline.shuffled_batch(RecordingSource(n), batch_size, 7, 3 + j, p, 2)
+      for key, value in single.items():
+        np.testing.assert_array_equal(stacked[key][j], value)
+    real = stacked["sparse"][stacked["mask"] > 0, 0]
+    assert source.read == real.tolist()  # one read per real row, in batch order
+    padding = stacked["mask"] == 0  # batch 4's 6 real rows all fall in process 0's half
+    assert padding.sum() == (2, 8)[p] and padding[1].all() == bool(p)
+    assert not np.any(stacked["sparse"][padding])
