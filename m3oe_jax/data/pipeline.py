@@ -132,8 +132,9 @@ def shuffled_batches(source: RowSource, batch_size: int, seed: int, position: in
     batch = source.take(flat)
   else:
     batch = {k: _scatter_rows(v, real) for k, v in source.take(flat[real]).items()}
-  batch = {k: v.reshape((count, -1) + v.shape[1:]) for k, v in batch.items()}
-  batch["mask"] = real.reshape(count, -1).astype(np.float32)
+  rows_per_batch = local.stop - local.start
+  batch = {k: v.reshape((count, rows_per_batch) + v.shape[1:]) for k, v in batch.items()}
+  batch["mask"] = real.reshape(count, rows_per_batch).astype(np.float32)
   return batch
 
 

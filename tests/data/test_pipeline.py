@@ -71,3 +71,11 @@ def test_stacked_batches_across_an_epoch_end_read_only_real_rows_once():
     padding = stacked["mask"] == 0  # batch 4's 6 real rows all fall in process 0's half
     assert padding.sum() == (2, 8)[p] and padding[1].all() == bool(p)
     assert not np.any(stacked["sparse"][padding])
+
+
+def test_stacked_batches_keep_a_column_without_features():  # e.g. no dense features
+  source = pipeline.ArraySource({
+      "sparse": np.arange(70)[:, None], "dense": np.zeros((70, 0), np.float32),
+      "domain": np.zeros(70, np.int32), "labels": np.zeros((70, 2), np.float32)})
+  stacked = pipeline.shuffled_batches(source, 16, 7, 3, 3, 1, 2)
+  assert stacked["dense"].shape == (3, 8, 0) and stacked["sparse"].shape == (3, 8, 1)
