@@ -97,8 +97,8 @@ def add_paper_training(config: ml_collections.ConfigDict,
   config.divergence_factor = 10.0
 
   # Speed only; none of these changes what is trained. Training steps per jitted
-  # call (a lax.scan over k batches); logging, checkpoints and preemption act at
-  # call boundaries.
+  # call (a loop over k stacked batches); logging, checkpoints and preemption act
+  # at call boundaries.
   config.steps_per_call = 1
   # Training calls whose batches are built and put on the devices ahead, in a
   # background thread (0: built when needed).

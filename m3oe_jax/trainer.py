@@ -107,9 +107,9 @@ class Trainer(Evaluator):
     train_loss = losses.resolve(config.optimizer.train_loss, num_domains, num_tasks,
                                 "train_loss")
     arch_loss = losses.resolve(config.optimizer.arch_loss, num_domains, num_tasks, "arch_loss")
+    model_step = step.make_model_step(self.model, self.optimizers, train_loss, num_domains)
     self.model_step = jax.jit(
-        step.make_model_step(self.model, self.optimizers, train_loss, num_domains),
-        in_shardings=(self.state_sharding, self.batch_sharding),
+        model_step, in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     self.arch_step = jax.jit(
         step.make_arch_step(self.model, self.optimizers, arch_loss, num_domains),
@@ -118,8 +118,7 @@ class Trainer(Evaluator):
     # The training loop's step: model steps over batches stacked [k, ...], one
     # call for k of them (k also passed as a number: `step.make_multi_step`).
     self.multi_step = jax.jit(
-        step.make_multi_step(
-            step.make_model_step(self.model, self.optimizers, train_loss, num_domains)),
+        step.make_multi_step(model_step),
         in_shardings=(self.state_sharding, sharding.stacked_batch_sharding(mesh),
                       sharding.replicated(mesh)),
         out_shardings=(self.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
