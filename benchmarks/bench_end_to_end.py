@@ -4,15 +4,20 @@
   python benchmarks/bench_end_to_end.py --rows=200000 --model_size=tiny   # quick, on a CPU
   python benchmarks/bench_end_to_end.py --steps_per_call=1,4 --prefetch_batches=0,2
   python benchmarks/bench_end_to_end.py --dtypes=float32,bfloat16   # config.model.dtype
+  python benchmarks/bench_end_to_end.py --async_checkpointing=true,false
 
 Data: MovieLens-1M-sized random rows (`--rows`, the schema of benchmarks/common.py),
 split 8:1:1 and held as the trainer would hold prepared data (`--placement`: host
 arrays, memory-mapped .npy files, or device arrays). Each configuration (batch
-size x compute dtype x steps per call x prefetch depth) runs `train_and_evaluate` for `--epochs`
-epochs in a fresh workdir (batches, steps, logging, health checks, validation each
-epoch, checkpoints, the test pass), with `Timings` recording each phase. Its
+size x compute dtype x steps per call x prefetch depth x checkpoint mode) runs
+`train_and_evaluate` for `--epochs` epochs in a fresh workdir (batches, steps,
+logging, health checks, validation each epoch, checkpoints, the test pass), with
+`Timings` recording each phase. Its
 training examples/s is the median over the epochs after the first (the first
 compiles); evaluation and checkpoint seconds are reported beside it, not in it.
+Checkpoint seconds are the time the training loop waits for its saves: the whole
+write when blocking (`async false`), the copy to host memory and any wait for
+the previous save when written in the background (`async true`, the default).
 
 The pure step is the same `Trainer.multi_step` (the same k) on batches already
 on the devices, timed over one epoch's worth of calls before and after each
@@ -21,7 +26,7 @@ the ceiling the epoch is compared with (`epoch / step`; target >= 0.90). `input`
 is the input path alone (the same calls' batches gathered, stacked and put on the
 devices, no step): the other ceiling, which the background thread must keep above
 the step's rate. `gain` is each row's epoch examples/s over the k=1 row's of the
-same batch size, dtype and prefetch depth. All runs share one compilation cache
+same batch size, dtype, prefetch depth and checkpoint mode. All runs share one compilation cache
 folder, so only a configuration's first run compiles.
 """
 
@@ -57,6 +62,8 @@ _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["4096", "40960"], "Train batch 
 _STEPS_PER_CALL = flags.DEFINE_list("steps_per_call", ["1", "4"], "config.steps_per_call values.")
 _PREFETCH = flags.DEFINE_list("prefetch_batches", ["2"], "config.prefetch_batches values.")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32"], "config.model.dtype values.")
+_ASYNC = flags.DEFINE_list("async_checkpointing", ["true"],
+                           "config.async_checkpointing values: true, false.")
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs per training run (the first compiles).")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Training runs per configuration.")
 _PLACEMENT = flags.DEFINE_enum("placement", "host", ["host", "stream", "device"],
@@ -90,7 +97,7 @@ def make_dataset(num_rows: int, placement: str, folder: pathlib.Path) -> Dataset
 
 
 def make_config(batch_size: int, steps_per_call: int, prefetch: int, dtype: str,
-                cache_dir: str) -> ml_collections.ConfigDict:
+                cache_dir: str, asynchronous: bool = True) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.data = ml_collections.ConfigDict({"name": "benchmark", "rows": _ROWS.value})
@@ -103,6 +110,7 @@ def make_config(batch_size: int, steps_per_call: int, prefetch: int, dtype: str,
   config.patience = _EPOCHS.value + 1
   config.steps_per_call = steps_per_call
   config.prefetch_batches = prefetch
+  config.async_checkpointing = asynchronous
   config.compilation_cache_dir = cache_dir
   config.divergence_factor = 0.0  # random labels: the loss may do anything
   return config
@@ -135,8 +143,8 @@ def input_rate(trainer: Trainer, batch_size: int, k: int, calls: int) -> float:
 
 
 def measure(dataset: Dataset, root: pathlib.Path, batch_size: int, k: int, prefetch: int,
-            dtype: str, cache_dir: str) -> dict:
-  config = make_config(batch_size, k, prefetch, dtype, cache_dir)
+            dtype: str, cache_dir: str, asynchronous: bool) -> dict:
+  config = make_config(batch_size, k, prefetch, dtype, cache_dir, asynchronous)
   trainer = Trainer(config, dataset, sharding.make_mesh(config.mesh))
   state = trainer.initial_state(0)
   steps_per_epoch = pipeline.num_batches(len(dataset.splits["train"]), batch_size)
@@ -147,7 +155,7 @@ def measure(dataset: Dataset, root: pathlib.Path, batch_size: int, k: int, prefe
   step_rates.append(rate)
   for repeat in range(_REPEATS.value):
     timings = train.Timings()
-    workdir = root / f"b{batch_size}_k{k}_p{prefetch}_{dtype}_r{repeat}"
+    workdir = root / f"b{batch_size}_k{k}_p{prefetch}_{dtype}_a{int(asynchronous)}_r{repeat}"
     with contextlib.redirect_stdout(io.StringIO()):  # the run's metric tables
       train.train_and_evaluate(config, str(workdir), dataset=dataset, timings=timings)
     epoch_rates += [steps * batch_size / seconds for epoch, steps, seconds in timings.epochs
@@ -158,7 +166,7 @@ def measure(dataset: Dataset, root: pathlib.Path, batch_size: int, k: int, prefe
   epochs = max(1, _EPOCHS.value)
   return {
       "batch_size": batch_size, "steps_per_call": k, "prefetch_batches": prefetch,
-      "dtype": dtype,
+      "dtype": dtype, "async_checkpointing": asynchronous,
       "steps_per_epoch": steps_per_epoch,
       "epoch_examples_per_s": statistics.median(epoch_rates) if epoch_rates else None,
       "epoch_rates": epoch_rates,
@@ -172,6 +180,12 @@ def measure(dataset: Dataset, root: pathlib.Path, batch_size: int, k: int, prefe
       "cache_hits": [t.cache_hits for t in runs],
       "first_call_s": [round(t.first_call, 2) for t in runs],
   }
+
+
+def _bool_flag(value: str) -> bool:
+  if value.lower() not in ("true", "false"):
+    raise app.UsageError(f"--async_checkpointing={value}: each value must be true or false")
+  return value.lower() == "true"
 
 
 def main(argv):
@@ -189,16 +203,19 @@ def main(argv):
           f"model {_MODEL.value} ({_MODEL_SIZE.value}), {_EPOCHS.value} epochs x "
           f"{_REPEATS.value} runs per row", flush=True)
     results = []
+    modes = [_bool_flag(v) for v in _ASYNC.value]
     for batch_size in map(int, _BATCH_SIZES.value):
       for dtype in _DTYPES.value:
         for prefetch in map(int, _PREFETCH.value):
           for k in map(int, _STEPS_PER_CALL.value):
-            results.append(measure(dataset, root, batch_size, k, prefetch, dtype, cache_dir))
-            r = results[-1]
-            print(f"  batch {batch_size} {dtype} k={k} prefetch={prefetch}: epochs "
-                  f"{[round(x) for x in r['epoch_rates']]}, step "
-                  f"{[round(x) for x in r['step_rates']]} examples/s", flush=True)
-  header = (f"{'batch':>6} {'dtype':>8} {'k':>3} {'prefetch':>8} {'epoch ex/s':>11} "
+            for asynchronous in modes:
+              results.append(measure(dataset, root, batch_size, k, prefetch, dtype, cache_dir,
+                                     asynchronous))
+              r = results[-1]
+              print(f"  batch {batch_size} {dtype} k={k} prefetch={prefetch} "
+                    f"async={asynchronous}: epochs {[round(x) for x in r['epoch_rates']]}, "
+                    f"step {[round(x) for x in r['step_rates']]} examples/s", flush=True)
+  header = (f"{'batch':>6} {'dtype':>8} {'k':>3} {'prefetch':>8} {'async':>5} {'epoch ex/s':>11} "
             f"{'step ex/s':>11} {'input ex/s':>11} "
             f"{'epoch/step':>10} {'gain':>6} {'eval s/ep':>9} {'ckpt s/ep':>9} "
             f"{'compile s':>10} {'1st call s':>10}")
@@ -207,6 +224,7 @@ def main(argv):
     base = next(x for x in results if x["batch_size"] == r["batch_size"]
                 and x["prefetch_batches"] == r["prefetch_batches"]
                 and x["dtype"] == r["dtype"]
+                and x["async_checkpointing"] == r["async_checkpointing"]
                 and x["steps_per_call"] == 1) if any(
                     x["steps_per_call"] == 1 for x in results) else None
     epoch = r["epoch_examples_per_s"]
@@ -214,7 +232,7 @@ def main(argv):
     gain = epoch / base["epoch_examples_per_s"] if base and epoch and base[
         "epoch_examples_per_s"] else float("nan")
     print(f"{r['batch_size']:>6} {r['dtype']:>8} {r['steps_per_call']:>3} "
-          f"{r['prefetch_batches']:>8} "
+          f"{r['prefetch_batches']:>8} {str(r['async_checkpointing']).lower():>5} "
           f"{epoch or float('nan'):>11.0f} {r['step_examples_per_s']:>11.0f} "
           f"{r['input_examples_per_s']:>11.0f} {ratio:>10.2f} "
           f"{gain:>6.2f} {r['evaluation_s_per_epoch']:>9.2f} {r['checkpoint_s_per_epoch']:>9.2f} "

@@ -33,7 +33,7 @@ from m3oe_jax.errors import MissingCheckpointError, WorkdirError
 # Config fields that may change between a run and its resumption.
 RESUMABLE_CHANGES = ("num_epochs", "patience", "log_every_steps", "checkpoint_every_steps",
                      "eval_batch_size", "divergence_factor", "mesh.", "steps_per_call",
-                     "prefetch_batches", "compilation_cache_dir")
+                     "prefetch_batches", "compilation_cache_dir", "async_checkpointing")
 # Fields added to the config since checkpoints were first written, and the value a
 # checkpoint without them was trained with.
 ADDED_FIELDS = {"model.dtype": "float32"}
@@ -136,21 +136,61 @@ class CheckpointStore:
 
   Every save is checked (orbax declines a step below the newest one without an
   error); saving a step that is already there keeps the saved one, so at every
-  moment after the first save at least one complete checkpoint exists.
+  moment after the first save at least one complete checkpoint exists (orbax
+  writes a step under a temporary name and renames it when complete).
   `restore_newest` resumes from the newest checkpoint that restores, and moves
   damaged newer ones aside to `checkpoints/damaged/`.
+
+  `asynchronous=True`: `save` returns once the arrays are copied to host memory,
+  and the files are written in the background while training goes on. Each save
+  first waits for the previous one of its kind and checks that it landed; so do
+  `wait()` and leaving the store's `with` block, which every writer must use.
   """
 
-  def __init__(self, workdir: str | epath.PathLike, read_only: bool = False):
+  def __init__(self, workdir: str | epath.PathLike, read_only: bool = False,
+               asynchronous: bool = False):
     self.root = epath.Path(workdir) / "checkpoints"
     self.read_only = read_only
+    self.asynchronous = asynchronous and not read_only
+    self._in_flight: dict[str, int] = {}  # which -> step saved, not yet checked
     self._open()
+
+  def __enter__(self) -> "CheckpointStore":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    """Waits for the saves in flight and releases orbax's writer threads. Leaving
+    on an error, a failed save is logged rather than raised, so that the error
+    that ended the run is the one reported."""
+    try:
+      self.wait()
+    except Exception as e:  # pylint: disable=broad-except
+      if exc_type is None:
+        raise
+      logging.error("a checkpoint written in the background failed: %s", _brief(e))
+    finally:
+      self.latest.close()
+      self.best.close()
+
+  def wait(self) -> None:
+    """Waits until every save has been written, and checks each one landed."""
+    for which in ("latest", "best"):
+      self._finish(which)
+
+  def _finish(self, which: str) -> None:
+    mngr = self._manager(which)
+    mngr.wait_until_finished()
+    step = self._in_flight.pop(which, None)
+    if step is not None and step not in mngr.all_steps():
+      raise WorkdirError(
+          f"step {step} was not saved to {self.root / which}, which holds step "
+          f"{mngr.latest_step()} from another run. Use a new --workdir.")
 
   def _open(self) -> None:
     def manager(name, keep):
       options = ocp.CheckpointManagerOptions(
           max_to_keep=keep, create=not self.read_only, read_only=self.read_only,
-          enable_async_checkpointing=False)
+          enable_async_checkpointing=self.asynchronous)
       handlers = {"state": ocp.StandardCheckpointHandler(),
                   "meta": ocp.JsonCheckpointHandler()}
       return ocp.CheckpointManager(self.root / name, options=options, item_handlers=handlers)
@@ -165,8 +205,10 @@ class CheckpointStore:
 
   def save(self, which: str, state, progress: Progress, config: ml_collections.ConfigDict,
            schema: FeatureSchema, metrics: dict | None = None) -> None:
-    """Saves `state` as step `state.step` of `which` and checks that it landed."""
+    """Saves `state` as step `state.step` of `which` and checks that it landed
+    (asynchronous: starts writing it, after checking the previous save)."""
     mngr = self._manager(which)
+    self._finish(which)
     step = int(jax.device_get(state.step))
     if step in mngr.all_steps():
       return  # the same training reaches the same state at the same step
@@ -178,11 +220,13 @@ class CheckpointStore:
     }
     saved = mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-    mngr.wait_until_finished()
-    if not saved or step not in mngr.all_steps():
+    if not saved:
       raise WorkdirError(
           f"step {step} was not saved to {self.root / which}, which holds step "
           f"{mngr.latest_step()} from another run. Use a new --workdir.")
+    self._in_flight[which] = step
+    if not self.asynchronous:
+      self._finish(which)
 
   def latest_step(self, which: str = "latest") -> int | None:
     return self._manager(which).latest_step()

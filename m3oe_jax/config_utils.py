@@ -92,6 +92,10 @@ def add_paper_training(config: ml_collections.ConfigDict,
 
   config.log_every_steps = 20
   config.checkpoint_every_steps = 200
+  # Checkpoint files are written in the background while training goes on (the
+  # step waits only for the copy to host memory); False: each save blocks until
+  # written.
+  config.async_checkpointing = True
   # Stop when the training loss exceeds this multiple of its reference (the
   # smaller of the first loss and the recent median); 0: no check.
   config.divergence_factor = 10.0
