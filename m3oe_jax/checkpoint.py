@@ -145,13 +145,18 @@ class CheckpointStore:
   and the files are written in the background while training goes on. Each save
   first waits for the previous one of its kind and checks that it landed; so do
   `wait()` and leaving the store's `with` block, which every writer must use.
+  With several processes every save blocks: orbax's background save synchronises
+  the processes from its own thread while the training steps' collectives run,
+  which stalled and aborted 2-process runs on CPU.
   """
 
   def __init__(self, workdir: str | epath.PathLike, read_only: bool = False,
                asynchronous: bool = False):
     self.root = epath.Path(workdir) / "checkpoints"
     self.read_only = read_only
-    self.asynchronous = asynchronous and not read_only
+    self.asynchronous = asynchronous and not read_only and jax.process_count() == 1
+    if asynchronous and not self.asynchronous and not read_only:
+      logging.info("checkpoints: saves block in a run of %d processes", jax.process_count())
     self._in_flight: dict[str, int] = {}  # which -> step saved, not yet checked
     self._open()
 
@@ -182,9 +187,12 @@ class CheckpointStore:
     mngr.wait_until_finished()
     step = self._in_flight.pop(which, None)
     if step is not None and step not in mngr.all_steps():
-      raise WorkdirError(
-          f"step {step} was not saved to {self.root / which}, which holds step "
-          f"{mngr.latest_step()} from another run. Use a new --workdir.")
+      raise self._not_saved(which, step)
+
+  def _not_saved(self, which: str, step: int) -> WorkdirError:
+    return WorkdirError(
+        f"step {step} was not saved to {self.root / which}, which holds step "
+        f"{self._manager(which).latest_step()} from another run. Use a new --workdir.")
 
   def _open(self) -> None:
     def manager(name, keep):
@@ -221,9 +229,7 @@ class CheckpointStore:
     saved = mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
     if not saved:
-      raise WorkdirError(
-          f"step {step} was not saved to {self.root / which}, which holds step "
-          f"{mngr.latest_step()} from another run. Use a new --workdir.")
+      raise self._not_saved(which, step)
     self._in_flight[which] = step
     if not self.asynchronous:
       self._finish(which)

@@ -414,20 +414,6 @@ def _timed(seconds: list, function, *args, **kwargs):
     seconds.append(time.perf_counter() - start)
 
 
-def _asynchronous_saves(config) -> bool:
-  """config.async_checkpointing, for a run of one process. With several, orbax's
-  background save synchronises the processes from its own thread while the
-  training steps' collectives run, which stalled and aborted 2-process runs on
-  CPU; there every save blocks."""
-  if not config.get("async_checkpointing", True):
-    return False
-  if jax.process_count() > 1:
-    logging.info("config.async_checkpointing: saves block in a run of %d processes",
-                 jax.process_count())
-    return False
-  return True
-
-
 def _call_batches(trainer: Trainer, first_step: int, call: tuple[int, int]):
   index, count = call
   return trainer.train_batches(first_step + index, count)
@@ -449,141 +435,149 @@ def _train_and_evaluate(config, workdir: epath.Path, preemption: _PreemptionWatc
                     "is one step on a padded batch", config.batch_size, num_train)
   mesh = sharding.make_mesh(config.mesh)
   trainer = Trainer(config, dataset, mesh)
-  with checkpoint.CheckpointStore(workdir, asynchronous=_asynchronous_saves(config)) as store:
-    store.check_compatible(config, dataset.schema)
-    steps_per_epoch = pipeline.num_batches(num_train, config.batch_size)
+  with checkpoint.CheckpointStore(
+      workdir, asynchronous=bool(config.get("async_checkpointing", True))) as store:
+    return _train_then_test(config, workdir, preemption, dataset, timings, trainer, store)
 
-    resumed = store.restore_newest(trainer.abstract_state(), steps_per_epoch)
-    if resumed is None:
-      state, progress = trainer.initial_state(config.seed), checkpoint.Progress()
+
+def _train_then_test(config, workdir: epath.Path, preemption: _PreemptionWatch, dataset,
+                     timings: Timings, trainer: Trainer,
+                     store: checkpoint.CheckpointStore) -> dict:
+  """Resumes or starts, trains epoch by epoch, then tests the chosen weights."""
+  store.check_compatible(config, dataset.schema)
+  steps_per_epoch = pipeline.num_batches(len(dataset.splits["train"]), config.batch_size)
+
+  resumed = store.restore_newest(trainer.abstract_state(), steps_per_epoch)
+  if resumed is None:
+    state, progress = trainer.initial_state(config.seed), checkpoint.Progress()
+  else:
+    state, progress, which, step = resumed
+    logging.info("resumed from %s at step %d (epoch %d, batch %d)",
+                 store.root / which / str(step), step, progress.epoch, progress.batch)
+
+  advice = (f"The checkpoints in {store.root} hold the last good state (nothing later "
+            "was saved). Lower config.optimizer.model_lr (now "
+            f"{config.optimizer.model_lr:g}) and train in a new --workdir (the learning "
+            "rate cannot change on resumption), or inspect the data.")
+  logger = _Logger(workdir, steps_per_epoch * config.num_epochs, config.batch_size,
+                   float(config.get("divergence_factor", DIVERGENCE_FACTOR)), advice)
+  schedule = trainer.schedule
+  steps_per_call = int(config.get("steps_per_call", 1))
+  depth = int(config.get("prefetch_batches", 2))
+  # darts takes an architecture step after every arch_every_steps-th model step:
+  # no call may run past one.
+  arch_every = int(config.optimizer.arch_every_steps) if schedule == "darts" else 0
+  # The preemption service's sync point counts calls, the same in every process.
+  calls = int(state.step)
+
+  def save(*args):
+    _timed(timings.checkpointing, _save, *args)
+
+  preemption.training_started()
+  preempted = False
+
+  while not progress.stopped_early and progress.epoch < config.num_epochs:
+    first_step = progress.epoch * steps_per_epoch  # steps before this epoch
+    plan = pipeline.call_plan(first_step, progress.batch, steps_per_epoch, steps_per_call,
+                              arch_every)
+    epoch_start, saved_before = time.perf_counter(), sum(timings.checkpointing)
+    logger.restart_clock(first_step + progress.batch)
+    steps_before = progress.batch
+    batches_of = functools.partial(_call_batches, trainer, first_step)
+    with pipeline.Prefetcher(batches_of, plan, depth) as feed:
+      for (index, count), batches in feed:
+        state, out = trainer.multi_step(state, batches, np.int32(count))
+        if timings.first_call is None:
+          jax.block_until_ready(out["loss"])
+          timings.first_call = time.perf_counter() - epoch_start
+          logging.info("first training call (%d steps, compilation included): %.1f s",
+                       count, timings.first_call)
+        step_number = first_step + index + count
+        logger.add_losses(step_number - count + 1, out["loss"])
+        logger.wait_for_previous_step()
+        if arch_every and step_number % arch_every == 0:
+          state, _ = trainer.arch_step(state, trainer.arch_batch(progress.arch_steps))
+          progress.arch_steps += 1
+        progress.batch = index + count
+        if _reaches_multiple(step_number, count, config.log_every_steps):
+          logger.flush_progress(step_number)
+        if (_reaches_multiple(step_number, count, config.checkpoint_every_steps)
+            and progress.batch < steps_per_epoch):
+          logger.check_health()
+          save(store, "latest", state, progress, config, dataset.schema)
+        calls += 1
+        preempted = preemption.should_stop(calls)
+        if preempted and progress.batch < steps_per_epoch:
+          logger.check_health()
+          save(store, "latest", state, progress, config, dataset.schema)
+          return _preempted(logger, store, step_number)
+    logger.flush_progress(int(state.step))
+
+    if schedule in ("reference", "paper"):
+      state, _ = trainer.arch_step(state, trainer.arch_batch(progress.arch_steps))
+      progress.arch_steps += 1
+      jax.block_until_ready(state)
+    seconds = (time.perf_counter() - epoch_start) - (sum(timings.checkpointing) - saved_before)
+    steps = steps_per_epoch - steps_before
+    timings.epochs.append((progress.epoch, steps, seconds))
+    logging.info("epoch %d: %d steps in %.1f s, %.0f examples/s (checkpoints excluded)",
+                 progress.epoch, steps, seconds, steps * config.batch_size / max(seconds, 1e-9))
+    validation, diagnostics = _timed(timings.evaluation, trainer.evaluate, state.variables(),
+                                     "validation")
+    epoch = progress.epoch
+    logging.info("epoch %d\n%s", epoch, metrics.format_table(validation, "validation"))
+    logger.scalars({**metrics.scalars(validation, "validation"),
+                    **_diagnostic_scalars(diagnostics, dataset.schema)}, int(state.step))
+    logger.epoch_record(epoch, int(state.step), validation, diagnostics)
+    progress.epoch, progress.batch = epoch + 1, 0
+    score = validation["mean_auc"]
+    if score is not None and (progress.best_metric is None or score > progress.best_metric):
+      progress.best_metric, progress.best_step, progress.best_epoch = (
+          score, int(state.step), epoch)
+      progress.epochs_without_improvement = 0
+      save(store, "best", state, progress, config, dataset.schema, validation)
     else:
-      state, progress, which, step = resumed
-      logging.info("resumed from %s at step %d (epoch %d, batch %d)",
-                   store.root / which / str(step), step, progress.epoch, progress.batch)
+      progress.epochs_without_improvement += 1
+    if progress.epochs_without_improvement >= config.patience:
+      logging.info("early stopping after epoch %d: no better validation mean AUC for "
+                   "%d epochs (best %.5f at epoch %d)", epoch, config.patience,
+                   progress.best_metric, progress.best_epoch)
+      progress.stopped_early = True
+    save(store, "latest", state, progress, config, dataset.schema, validation)
+    more_epochs = not progress.stopped_early and progress.epoch < config.num_epochs
+    if preempted and more_epochs:  # the signal came at an epoch's last step
+      return _preempted(logger, store, int(state.step))
+  logger.close()
+  store.wait()  # the last saves, `best` among them, are complete
 
-    advice = (f"The checkpoints in {store.root} hold the last good state (nothing later "
-              "was saved). Lower config.optimizer.model_lr (now "
-              f"{config.optimizer.model_lr:g}) and train in a new --workdir (the learning "
-              "rate cannot change on resumption), or inspect the data.")
-    logger = _Logger(workdir, steps_per_epoch * config.num_epochs, config.batch_size,
-                     float(config.get("divergence_factor", DIVERGENCE_FACTOR)), advice)
-    schedule = trainer.schedule
-    steps_per_call = int(config.get("steps_per_call", 1))
-    depth = int(config.get("prefetch_batches", 2))
-    # darts takes an architecture step after every arch_every_steps-th model step:
-    # no call may run past one.
-    arch_every = int(config.optimizer.arch_every_steps) if schedule == "darts" else 0
-    # The preemption service's sync point counts calls, the same in every process.
-    calls = int(state.step)
-
-    def save(*args):
-      _timed(timings.checkpointing, _save, *args)
-
-    preemption.training_started()
-    preempted = False
-
-    while not progress.stopped_early and progress.epoch < config.num_epochs:
-      first_step = progress.epoch * steps_per_epoch  # steps before this epoch
-      plan = pipeline.call_plan(first_step, progress.batch, steps_per_epoch, steps_per_call,
-                                arch_every)
-      epoch_start, saved_before = time.perf_counter(), sum(timings.checkpointing)
-      logger.restart_clock(first_step + progress.batch)
-      steps_before = progress.batch
-      batches_of = functools.partial(_call_batches, trainer, first_step)
-      with pipeline.Prefetcher(batches_of, plan, depth) as feed:
-        for (index, count), batches in feed:
-          state, out = trainer.multi_step(state, batches, np.int32(count))
-          if timings.first_call is None:
-            jax.block_until_ready(out["loss"])
-            timings.first_call = time.perf_counter() - epoch_start
-            logging.info("first training call (%d steps, compilation included): %.1f s",
-                         count, timings.first_call)
-          step_number = first_step + index + count
-          logger.add_losses(step_number - count + 1, out["loss"])
-          logger.wait_for_previous_step()
-          if arch_every and step_number % arch_every == 0:
-            state, _ = trainer.arch_step(state, trainer.arch_batch(progress.arch_steps))
-            progress.arch_steps += 1
-          progress.batch = index + count
-          if _reaches_multiple(step_number, count, config.log_every_steps):
-            logger.flush_progress(step_number)
-          if (_reaches_multiple(step_number, count, config.checkpoint_every_steps)
-              and progress.batch < steps_per_epoch):
-            logger.check_health()
-            save(store, "latest", state, progress, config, dataset.schema)
-          calls += 1
-          preempted = preemption.should_stop(calls)
-          if preempted and progress.batch < steps_per_epoch:
-            logger.check_health()
-            save(store, "latest", state, progress, config, dataset.schema)
-            return _preempted(logger, store, step_number)
-      logger.flush_progress(int(state.step))
-
-      if schedule in ("reference", "paper"):
-        state, _ = trainer.arch_step(state, trainer.arch_batch(progress.arch_steps))
-        progress.arch_steps += 1
-        jax.block_until_ready(state)
-      seconds = (time.perf_counter() - epoch_start) - (sum(timings.checkpointing) - saved_before)
-      steps = steps_per_epoch - steps_before
-      timings.epochs.append((progress.epoch, steps, seconds))
-      logging.info("epoch %d: %d steps in %.1f s, %.0f examples/s (checkpoints excluded)",
-                   progress.epoch, steps, seconds, steps * config.batch_size / max(seconds, 1e-9))
-      validation, diagnostics = _timed(timings.evaluation, trainer.evaluate, state.variables(),
-                                       "validation")
-      epoch = progress.epoch
-      logging.info("epoch %d\n%s", epoch, metrics.format_table(validation, "validation"))
-      logger.scalars({**metrics.scalars(validation, "validation"),
-                      **_diagnostic_scalars(diagnostics, dataset.schema)}, int(state.step))
-      logger.epoch_record(epoch, int(state.step), validation, diagnostics)
-      progress.epoch, progress.batch = epoch + 1, 0
-      score = validation["mean_auc"]
-      if score is not None and (progress.best_metric is None or score > progress.best_metric):
-        progress.best_metric, progress.best_step, progress.best_epoch = (
-            score, int(state.step), epoch)
-        progress.epochs_without_improvement = 0
-        save(store, "best", state, progress, config, dataset.schema, validation)
-      else:
-        progress.epochs_without_improvement += 1
-      if progress.epochs_without_improvement >= config.patience:
-        logging.info("early stopping after epoch %d: no better validation mean AUC for "
-                     "%d epochs (best %.5f at epoch %d)", epoch, config.patience,
-                     progress.best_metric, progress.best_epoch)
-        progress.stopped_early = True
-      save(store, "latest", state, progress, config, dataset.schema, validation)
-      more_epochs = not progress.stopped_early and progress.epoch < config.num_epochs
-      if preempted and more_epochs:  # the signal came at an epoch's last step
-        return _preempted(logger, store, int(state.step))
-    logger.close()
-    store.wait()  # the last saves, `best` among them, are complete
-
-    best_state, best_progress = _restore_best(store, trainer, progress)
-    if config.get("test_weights", "best") == "reference" and not progress.stopped_early:
-      tested, tested_state = "last", state
-    else:
-      tested, tested_state = "best", best_state
-    test, _ = _timed(timings.evaluation, trainer.evaluate, tested_state.variables(), "test")
-    schema = dataset.schema
-    result = {"test": test, "tested_weights": tested, "tested_step": int(tested_state.step),
-              "best_epoch": best_progress.best_epoch, "best_step": best_progress.best_step,
-              "best_validation_mean_auc": best_progress.best_metric,
-              "model": config.model.name, "seed": int(config.seed),
-              "data": config.data.name, "domains": list(schema.domain_names),
-              "tasks": list(schema.task_names),
-              "variant": schema.source.get("variant")}
-    if dataset.true_probs is not None:
-      test_split = dataset.splits["test"]
-      rows = test_split.take(np.arange(len(test_split)))
-      result["bayes_optimal_test"] = metrics.evaluate_predictions(
-          dataset.true_probs["test"], rows["labels"], rows["domain"], schema.domain_names,
-          schema.task_names)
-    if jax.process_index() == 0:
-      (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
-      print(metrics.format_table(test, f"test ({tested} weights, step {int(tested_state.step)}; "
-                                       f"best epoch {best_progress.best_epoch})"))
-      if "bayes_optimal_test" in result:
-        print(metrics.format_table(result["bayes_optimal_test"],
-                                   "test, Bayes-optimal (true probabilities)"))
-    return result
+  best_state, best_progress = _restore_best(store, trainer, progress)
+  if config.get("test_weights", "best") == "reference" and not progress.stopped_early:
+    tested, tested_state = "last", state
+  else:
+    tested, tested_state = "best", best_state
+  test, _ = _timed(timings.evaluation, trainer.evaluate, tested_state.variables(), "test")
+  schema = dataset.schema
+  result = {"test": test, "tested_weights": tested, "tested_step": int(tested_state.step),
+            "best_epoch": best_progress.best_epoch, "best_step": best_progress.best_step,
+            "best_validation_mean_auc": best_progress.best_metric,
+            "model": config.model.name, "seed": int(config.seed),
+            "data": config.data.name, "domains": list(schema.domain_names),
+            "tasks": list(schema.task_names),
+            "variant": schema.source.get("variant")}
+  if dataset.true_probs is not None:
+    test_split = dataset.splits["test"]
+    rows = test_split.take(np.arange(len(test_split)))
+    result["bayes_optimal_test"] = metrics.evaluate_predictions(
+        dataset.true_probs["test"], rows["labels"], rows["domain"], schema.domain_names,
+        schema.task_names)
+  if jax.process_index() == 0:
+    (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
+    print(metrics.format_table(test, f"test ({tested} weights, step {int(tested_state.step)}; "
+                                     f"best epoch {best_progress.best_epoch})"))
+    if "bayes_optimal_test" in result:
+      print(metrics.format_table(result["bayes_optimal_test"],
+                                 "test, Bayes-optimal (true probabilities)"))
+  return result
 
 
 def _restore_best(store: checkpoint.CheckpointStore, trainer: Trainer,
