@@ -14,7 +14,10 @@ moment leaves the previous checkpoints intact.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
+import shutil
 import time
 from typing import Any
 
@@ -27,8 +30,9 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from m3oe_jax import paths
 from m3oe_jax.data.schema import FeatureSchema
-from m3oe_jax.errors import MissingCheckpointError, WorkdirError
+from m3oe_jax.errors import DiskFullError, MissingCheckpointError, WorkdirError
 
 # Config fields that may change between a run and its resumption.
 RESUMABLE_CHANGES = ("num_epochs", "patience", "log_every_steps", "checkpoint_every_steps",
@@ -118,6 +122,40 @@ def _brief(error: Exception) -> str:
   return f"{type(error).__name__}: {text[0][:300] if text else ''}"
 
 
+def _is_disk_full(error: Exception | None) -> bool:
+  if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+    return True
+  text = str(error or "")
+  return "No space left on device" in text or "os_error_code='28'" in text
+
+
+def free_bytes(folder: epath.Path) -> int | None:
+  if paths.is_url(folder):
+    return None
+  try:
+    return shutil.disk_usage(folder).free
+  except OSError:
+    return None
+
+
+def _folder_bytes(folder: epath.Path) -> int:
+  """The bytes of the files under a local folder (0 for a URL)."""
+  if paths.is_url(folder):
+    return 0
+  total = 0
+  for parent, _, files in os.walk(folder):
+    for name in files:
+      try:
+        total += os.lstat(os.path.join(parent, name)).st_size
+      except OSError:
+        pass
+  return total
+
+
+def mib(size: int | None) -> str:
+  return "an unknown amount" if size is None else f"{size / 2**20:.1f} MiB"
+
+
 def _leaf_signatures(tree) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
   """{path of names: (shape, dtype)} of a tree of arrays or array metadata."""
   def name(key):
@@ -152,12 +190,14 @@ class CheckpointStore:
 
   def __init__(self, workdir: str | epath.PathLike, read_only: bool = False,
                asynchronous: bool = False):
-    self.root = epath.Path(workdir) / "checkpoints"
+    self.root = paths.resolve(workdir) / "checkpoints"
     self.read_only = read_only
     self.asynchronous = asynchronous and not read_only and jax.process_count() == 1
     if asynchronous and not self.asynchronous and not read_only:
       logging.info("checkpoints: saves block in a run of %d processes", jax.process_count())
     self._in_flight: dict[str, int] = {}  # which -> step saved, not yet checked
+    # The size of a checkpoint: the state's bytes, then the largest one written.
+    self._checkpoint_bytes = 0
     self._open()
 
   def __enter__(self) -> "CheckpointStore":
@@ -174,25 +214,87 @@ class CheckpointStore:
         raise
       logging.error("a checkpoint written in the background failed: %s", _brief(e))
     finally:
-      self.latest.close()
-      self.best.close()
+      for mngr in (self.latest, self.best):
+        try:
+          mngr.close()
+        except Exception as e:  # pylint: disable=broad-except  (reported by wait)
+          logging.warning("closing the checkpoint manager of %s: %s", mngr.directory, _brief(e))
 
   def wait(self) -> None:
-    """Waits until every save has been written, and checks each one landed."""
+    """Waits until every save has been written, and checks each one landed (the
+    first failure is raised once all have been waited for)."""
+    failures = []
     for which in ("latest", "best"):
-      self._finish(which)
+      try:
+        self._finish(which)
+      except WorkdirError as e:
+        failures.append(e)
+    if failures:
+      raise failures[0]
 
   def _finish(self, which: str) -> None:
     mngr = self._manager(which)
-    mngr.wait_until_finished()
     step = self._in_flight.pop(which, None)
+    try:
+      mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      if step is None:
+        raise
+      raise self._not_saved(which, step, e) from e
     if step is not None and step not in mngr.all_steps():
       raise self._not_saved(which, step)
+    if step is not None:
+      self._checkpoint_bytes = max(self._checkpoint_bytes,
+                                   _folder_bytes(self.root / which / str(step)))
 
-  def _not_saved(self, which: str, step: int) -> WorkdirError:
-    return WorkdirError(
-        f"step {step} was not saved to {self.root / which}, which holds step "
-        f"{self._manager(which).latest_step()} from another run. Use a new --workdir.")
+  def _not_saved(self, which: str, step: int, error: Exception | None = None) -> WorkdirError:
+    """Why step `step` is not among the saved ones, with its partial files removed:
+    orbax declined it (the folder holds a newer step: another run's), or the write
+    failed."""
+    newest = self._manager(which).latest_step()
+    if error is None and newest is not None and newest > step:
+      return WorkdirError(
+          f"step {step} was not saved to {self.root / which}, which holds step {newest} "
+          "from another run. Use a new --workdir.")
+    self._remove_partial(which, step)
+    if _is_disk_full(error):
+      return self._disk_full(which, step, self._checkpoint_bytes)
+    cause = f" ({_brief(error)})" if error is not None else " (see the log above)"
+    return WorkdirError(f"step {step} could not be written to {self.root / which}{cause}. "
+                        f"{self.kept_description()} Fix the storage and rerun the same "
+                        "command to resume.")
+
+  def _disk_full(self, which: str, step: int, needed: int) -> DiskFullError:
+    return DiskFullError(
+        f"no space left to save step {step} to {self.root / which}: "
+        f"{mib(free_bytes(self.root))} free, about {mib(needed)} needed. "
+        f"{self.kept_description()} Free space (or move the workdir to a larger disk) and "
+        "rerun the same command to resume.")
+
+  def _check_space(self, which: str, step: int) -> None:
+    """Refuses a save that cannot fit beside the saves still being written, before
+    orbax starts it (a save that fails half-way is messier to clean up)."""
+    free, needed = free_bytes(self.root), self._checkpoint_bytes * (1 + len(self._in_flight))
+    if free is not None and free < needed:
+      raise self._disk_full(which, step, needed)
+
+  def kept_description(self) -> str:
+    """One sentence for messages: what a rerun resumes from."""
+    kept = self.checkpoints()
+    if not kept:
+      return "No checkpoint of this run has been saved yet."
+    step, which = kept[0]
+    return f"The checkpoints saved before are intact (newest: {self.root / which / str(step)})."
+
+  def _remove_partial(self, which: str, step: int) -> None:
+    """Removes what a failed save of `step` left behind (orbax's temporary folders)."""
+    if self.read_only or jax.process_index() != 0:
+      return
+    for partial in (self.root / which).glob(f"{step}.orbax-checkpoint-tmp*"):
+      try:
+        partial.rmtree()
+      except OSError as e:
+        logging.warning("could not remove the partial checkpoint %s: %s", partial, e)
 
   def _open(self) -> None:
     def manager(name, keep):
@@ -226,8 +328,14 @@ class CheckpointStore:
         "schema": schema.to_dict(),
         "metrics": metrics,
     }
-    saved = mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    self._checkpoint_bytes = max(self._checkpoint_bytes, sum(
+        x.nbytes for x in jax.tree.leaves(state) if hasattr(x, "nbytes")))
+    self._check_space(which, step)
+    try:
+      saved = mngr.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._not_saved(which, step, e) from e
     if not saved:
       raise self._not_saved(which, step)
     self._in_flight[which] = step
@@ -482,21 +590,65 @@ def load_params(workdir: str | epath.PathLike, which: str = "best", step: int | 
   shardings; the arrays are then restored by orbax (each process reads its
   shards). By default every array goes to this process's first device.
   """
-  root = epath.Path(workdir) / "checkpoints"
+  root = paths.resolve(workdir) / "checkpoints"
   if which not in ("best", "latest"):
     raise ValueError(f"which={which!r}: expected 'best' or 'latest'")
   if not (root / which).exists():
     raise MissingCheckpointError(f"no {which} checkpoint under {root} (no such directory); "
                                  "check the workdir, or train first")
+  if step is not None:
+    return _load_step(root, which, step, shardings)
+  return read_newest(workdir, which, lambda s: _load_step(root, which, s, shardings))[1]
+
+
+def saved_steps(workdir: str | epath.PathLike, which: str) -> list[int]:
+  """The complete steps of `which` in a workdir, oldest first (orbax's temporary
+  folders of a save in progress are not complete steps)."""
+  folder = paths.resolve(workdir) / "checkpoints" / which
+  try:
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+  except FileNotFoundError:
+    return []
+
+
+def read_newest(workdir: str | epath.PathLike, which: str, read, attempts: int = 8):
+  """(step, read(step)) for the newest complete step of `which`.
+
+  A trainer running in the workdir saves new steps and prunes older ones: a
+  read that fails while the folder's steps changed (its step, or one orbax
+  lists beside it, was being removed) is made again at the then newest step.
+  Reads are checked (orbax refuses missing or truncated chunks), so a reader
+  gets a whole checkpoint or an error. A failure while nothing changed is
+  damage: raised."""
+  for _ in range(attempts):
+    kept = saved_steps(workdir, which)
+    if not kept:
+      raise MissingCheckpointError(
+          f"no {which} checkpoint under {paths.resolve(workdir) / 'checkpoints'}; check the "
+          "workdir, or train first")
+    step = kept[-1]
+    try:
+      return step, read(step)
+    except Exception:  # pylint: disable=broad-except
+      if saved_steps(workdir, which) == kept:
+        raise
+  raise WorkdirError(f"the {which} checkpoints under {paths.resolve(workdir) / 'checkpoints'} "
+                     f"were replaced {attempts} times while being read; try again")
+
+
+def _load_step(root: epath.Path, which: str, step: int, shardings):
+  """load_params of one step."""
   options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                          enable_async_checkpointing=False)
   handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-  mngr = ocp.CheckpointManager(root / which, options=options, item_handlers=handlers)
+  with ocp.CheckpointManager(root / which, options=options, item_handlers=handlers) as mngr:
+    return _load_with(mngr, root, which, step, shardings)
+
+
+def _load_with(mngr, root: epath.Path, which: str, step: int, shardings):
   kept = list(mngr.all_steps())
-  step = mngr.latest_step() if step is None else step
-  if step is None or step not in kept:
-    raise MissingCheckpointError(f"no {which} checkpoint{'' if step is None else f' {step}'} "
-                                 f"under {root} (kept: {kept})")
+  if step not in kept:
+    raise MissingCheckpointError(f"no {which} checkpoint {step} under {root} (kept: {kept})")
   item = mngr.item_metadata(step)["state"]
   metadata = getattr(item, "tree", item)
   # Only the subtrees named here are read; an empty one (no BatchNorm) has no leaves.
@@ -520,7 +672,6 @@ def load_params(workdir: str | epath.PathLike, which: str = "best", step: int | 
                                      partial_restore=True),
         meta=ocp.args.JsonRestore()))
     state, meta = restored["state"], restored["meta"]
-  mngr.close()
   config = ml_collections.ConfigDict(meta["config"])
   variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
   return variables, FeatureSchema.from_dict(meta["schema"]), config

@@ -24,3 +24,7 @@ class WorkdirError(UserError):
 
 class MissingCheckpointError(WorkdirError, FileNotFoundError):
   """The workdir has no checkpoint of the kind asked for."""
+
+
+class DiskFullError(WorkdirError):
+  """The workdir's storage ran out of space."""

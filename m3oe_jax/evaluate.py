@@ -17,9 +17,8 @@ import json
 import jax
 import ml_collections
 from absl import flags
-from etils import epath
 
-from m3oe_jax import checkpoint, cli, metrics, sharding
+from m3oe_jax import checkpoint, cli, metrics, paths, sharding
 from m3oe_jax.data import FeatureSchema, load_dataset
 from m3oe_jax.errors import ConfigError, MissingCheckpointError, WorkdirError
 from m3oe_jax.trainer import Evaluator
@@ -40,19 +39,23 @@ def evaluate_checkpoint(workdir: str, split: str = "test", which: str = "best",
   `mesh` overrides fields of the saved config's mesh section (data, model,
   embedding_axis); by default the data axis spans every device.
   """
-  root = epath.Path(workdir) / "checkpoints"
+  root = paths.resolve(workdir) / "checkpoints"
   if not (root / which).exists():
     raise MissingCheckpointError(f"no {which} checkpoint under {root} (no such directory); "
                                  "check --workdir, or pick another with --which")
+  # The newest step, read whole even while a trainer replaces it.
+  _, result = checkpoint.read_newest(
+      workdir, which, lambda step: _evaluate_step(workdir, which, step, split, mesh))
+  return result
+
+
+def _evaluate_step(workdir: str, which: str, step: int, split: str, mesh: dict | None) -> dict:
   store = checkpoint.CheckpointStore(workdir, read_only=True)
-  if store.latest_step(which) is None:
-    raise MissingCheckpointError(f"no {which} checkpoint under {store.root}; check "
-                                 "--workdir, or pick another with --which")
   try:
-    meta = store.read_meta(which)
+    meta = store.read_meta(which, step)
   except Exception as e:  # pylint: disable=broad-except
-    raise WorkdirError(f"the {which} checkpoint under {store.root} does not read "
-                       f"({type(e).__name__}: {str(e)[:300]})") from None
+    raise WorkdirError(f"the {which} checkpoint {store.root / which / str(step)} does not "
+                       f"read ({type(e).__name__}: {str(e)[:300]})") from None
   config = ml_collections.ConfigDict(meta["config"])
   config.mesh.update({"data": -1, "model": 1, "embedding_axis": "", **(mesh or {})})
   dataset = load_dataset(config.data, config.get("variant"))
@@ -64,7 +67,7 @@ def evaluate_checkpoint(workdir: str, split: str = "test", which: str = "best",
   if split not in dataset.splits:
     raise ConfigError(f"--split={split!r}: the data has splits {sorted(dataset.splits)}")
   evaluator = Evaluator(config, dataset, sharding.make_mesh(config.mesh))
-  variables, _, _ = checkpoint.load_params(workdir, which, shardings=evaluator.shardings)
+  variables, _, _ = checkpoint.load_params(workdir, which, step, shardings=evaluator.shardings)
   result, _ = evaluator.evaluate(variables, split)
   return result
 
@@ -78,7 +81,7 @@ def main(argv):
   if jax.process_index() == 0:
     print(metrics.format_table(result, f"{_SPLIT.value} ({_WHICH.value} checkpoint)"))
     if _OUTPUT.value:
-      epath.Path(_OUTPUT.value).write_text(json.dumps(result, indent=2))
+      paths.resolve(_OUTPUT.value).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

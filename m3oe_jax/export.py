@@ -212,22 +212,19 @@ def export_checkpoint(workdir: str, out: str, which: str = "best",
                       platforms: tuple[str, ...] | None = None,
                       data_dir: str | None = None) -> dict[str, str]:
   """Writes predict.jaxexport and schema.json of `workdir`'s checkpoint into `out`."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
-
-  from m3oe_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from m3oe_jax import checkpoint, paths  # pylint: disable=g-import-not-at-top
   from m3oe_jax.models import build_model  # pylint: disable=g-import-not-at-top
-  root = epath.Path(workdir) / "checkpoints" / which
-  steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
-  if not steps:
-    raise FileNotFoundError(f"no {which} checkpoint under {epath.Path(workdir) / 'checkpoints'}"
+  if not checkpoint.saved_steps(workdir, which):
+    raise FileNotFoundError(f"no {which} checkpoint under {paths.resolve(workdir) / 'checkpoints'}"
                             f": nothing to export (train first, or pick --which=latest)")
-  variables, schema, config = checkpoint.load_params(workdir, which)
-  step = checkpoint.CheckpointStore(workdir, read_only=True).latest_step(which)
+  step, (variables, schema, config) = checkpoint.read_newest(
+      workdir, which, lambda s: checkpoint.load_params(workdir, which, s))
   model = build_model(config.model, schema)
   serving = serving_schema(config, schema, which=which, step=step, data_dir=data_dir)
   exported = export_predict(model, variables, schema, platforms)
   serving["platforms"] = list(exported.platforms)
   blob = exported.serialize()
+  out = os.fspath(paths.resolve(out))
   os.makedirs(out, exist_ok=True)
   paths = {"predict": os.path.join(out, PREDICT_FILE), "schema": os.path.join(out, SCHEMA_FILE)}
   with open(paths["predict"], "wb") as f:

@@ -33,6 +33,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from m3oe_jax import paths
 from m3oe_jax.config_utils import apply_override
 from m3oe_jax.errors import ConfigError
 
@@ -311,7 +312,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, config_flag: str =
   if train_fn is None:
     from m3oe_jax.train import train_and_evaluate
     train_fn = train_and_evaluate
-  root = pathlib.Path(workdir)
+  root = pathlib.Path(paths.resolve(workdir))
   runs = expand(sweep)
   check_configs(sweep, runs)
   root.mkdir(parents=True, exist_ok=True)
@@ -372,7 +373,7 @@ def dry_run(sweep: ml_collections.ConfigDict, workdir: str, launcher: str,
             launcher_args: str = "", config_flag: str = "", out=None) -> list[list[str]]:
   """Prints one command per run (and writes sweep.json); returns the commands."""
   out = out or sys.stdout
-  root = pathlib.Path(workdir)
+  root = pathlib.Path(paths.resolve(workdir))
   runs = expand(sweep)
   check_configs(sweep, runs)
   root.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import functools
 import json
 import math
@@ -25,9 +26,9 @@ from jax.experimental import multihost_utils
 from jax.experimental.compilation_cache import compilation_cache
 from ml_collections import config_flags
 
-from m3oe_jax import checkpoint, cli, metrics, sharding
+from m3oe_jax import checkpoint, cli, metrics, paths, sharding
 from m3oe_jax.data import load_dataset, pipeline
-from m3oe_jax.errors import ConfigError, UserError, WorkdirError
+from m3oe_jax.errors import ConfigError, DiskFullError, UserError, WorkdirError
 from m3oe_jax.trainer import Trainer
 from m3oe_jax.workdir_lock import WorkdirLock
 
@@ -44,7 +45,7 @@ DIVERGENCE_WINDOW = 100
 
 class TrainingDivergedError(UserError, FloatingPointError):
   """The loss ran away or a value became non-finite; the checkpoints already
-  saved hold the last good state."""
+  saved, if any, hold the last good state."""
 
 
 class NonFiniteLossError(TrainingDivergedError):
@@ -138,8 +139,8 @@ def _save(store, which, state, progress, config, schema, validation=None):
   if not bool(_all_finite(state.params)):
     raise NonFiniteLossError(
         f"non-finite parameters at step {int(state.step)}; stopping without saving. "
-        f"The checkpoints already in {store.root} are intact. Lower "
-        "config.optimizer.model_lr and train in a new --workdir, or inspect the data.")
+        f"{store.kept_description()} Lower config.optimizer.model_lr and train in a new "
+        "--workdir, or inspect the data.")
   store.save(which, state, progress, config, schema, validation)
 
 
@@ -244,7 +245,7 @@ class _Logger:
   """Progress lines on the console, scalars to TensorBoard (process 0 only)."""
 
   def __init__(self, workdir: epath.Path, total_steps: int, batch_size: int,
-               divergence_factor: float, advice: str):
+               divergence_factor: float, advice):
     self.writer = None
     self.workdir = workdir
     if jax.process_index() == 0:
@@ -287,7 +288,7 @@ class _Logger:
     for step_number, value in zip(steps, values):
       if not math.isfinite(value):
         raise NonFiniteLossError(f"training loss is {value} at step {step_number}; "
-                                 f"stopping. {self.advice}")
+                                 f"stopping. {self.advice()}")
       if self.first_loss is None:
         self.first_loss = value
       reference = min(self.first_loss, float(np.median(self.recent))) if self.recent else None
@@ -297,7 +298,7 @@ class _Logger:
             f"training diverged at step {step_number}: loss {value:.4g} is over "
             f"config.divergence_factor={self.divergence_factor:g} times the reference "
             f"{reference:.4g} (the smaller of the first loss and the median of the last "
-            f"{len(self.recent)}); stopping. {self.advice} A loss that legitimately "
+            f"{len(self.recent)}); stopping. {self.advice()} A loss that legitimately "
             "jumps may raise config.divergence_factor (0 turns the check off).")
       self.recent.append(value)
     self.values = values
@@ -383,12 +384,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   given, receives the run's phase timings.
   """
   check_config(config)
-  workdir = epath.Path(workdir)  # local paths and gs:// alike
+  workdir = paths.resolve(workdir)
   preemption = _PreemptionWatch()
   timings = Timings() if timings is None else timings
   try:
-    with WorkdirLock(workdir), _CompilationCache(config.get("compilation_cache_dir", ""),
-                                                 workdir) as cache:
+    with WorkdirLock(workdir, in_use=lambda: preemption.started), _CompilationCache(
+        config.get("compilation_cache_dir", ""), workdir) as cache:
       try:
         return _train_and_evaluate(config, workdir, preemption, dataset, timings)
       finally:
@@ -402,8 +403,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
     logging.info("SIGTERM during start-up: stopped before training; the workdir's "
                  "checkpoints are as they were; rerun the same command to resume")
     return {"preempted": True, "step": None}
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+    raise DiskFullError(
+        f"no space left on the device of {e.filename or workdir} "
+        f"({checkpoint.mib(checkpoint.free_bytes(workdir))} free). The checkpoints already saved in "
+        f"{workdir / 'checkpoints'} are intact: free space (or move the workdir to a larger "
+        "disk) and rerun the same command to resume.") from e
   finally:
     preemption.close()
+
 
 
 def _timed(seconds: list, function, *args, **kwargs):
@@ -455,10 +465,14 @@ def _train_then_test(config, workdir: epath.Path, preemption: _PreemptionWatch, 
     logging.info("resumed from %s at step %d (epoch %d, batch %d)",
                  store.root / which / str(step), step, progress.epoch, progress.batch)
 
-  advice = (f"The checkpoints in {store.root} hold the last good state (nothing later "
-            "was saved). Lower config.optimizer.model_lr (now "
-            f"{config.optimizer.model_lr:g}) and train in a new --workdir (the learning "
-            "rate cannot change on resumption), or inspect the data.")
+  def advice() -> str:
+    kept = ("No checkpoint of this run was saved before it." if not store.checkpoints() else
+            f"The checkpoints in {store.root} hold the last good state (nothing later was "
+            "saved).")
+    return (f"{kept} Lower config.optimizer.model_lr (now {config.optimizer.model_lr:g}) and "
+            "train in a new --workdir (the learning rate cannot change on resumption), or "
+            "inspect the data.")
+
   logger = _Logger(workdir, steps_per_epoch * config.num_epochs, config.batch_size,
                    float(config.get("divergence_factor", DIVERGENCE_FACTOR)), advice)
   schedule = trainer.schedule

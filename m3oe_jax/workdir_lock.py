@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import sys
+from typing import Callable
 
 import jax
 import numpy as np
@@ -25,23 +26,26 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from m3oe_jax import paths
 from m3oe_jax.errors import WorkdirError
 
 LOCK_FILE = "lock"
 
 
-def _is_local(path: epath.Path) -> bool:
-  return "://" not in os.fspath(path)
-
-
 class WorkdirLock:
   """`with WorkdirLock(workdir):` creates the workdir, checks that it is
-  writable and holds its lock; raises WorkdirError when it cannot."""
+  writable and holds its lock; raises WorkdirError when it cannot.
 
-  def __init__(self, workdir: epath.Path):
-    self.workdir = epath.Path(workdir)
+  `in_use()`, when given, says whether the workdir holds anything yet: a workdir
+  this lock created is removed again when the block ends on an error before
+  `in_use()` became true (a refused run leaves nothing behind)."""
+
+  def __init__(self, workdir: epath.Path, in_use: Callable[[], bool] | None = None):
+    self.workdir = paths.resolve(workdir)
     self.path = self.workdir / LOCK_FILE
     self._fd = None
+    self._in_use = in_use
+    self._created = False
 
   def __enter__(self) -> "WorkdirLock":
     problem = ""
@@ -60,16 +64,22 @@ class WorkdirLock:
       raise WorkdirError(problem)
     return self
 
-  def __exit__(self, *exc_info) -> None:
+  def __exit__(self, exc_type, exc, tb) -> None:
     self._release()
+    if exc_type is not None and self._created and self._in_use and not self._in_use():
+      try:
+        self.workdir.rmtree()
+      except OSError as e:
+        logging.warning("could not remove the unused workdir %s: %s", self.workdir, e)
 
   def _acquire(self) -> None:
     try:
+      self._created = not self.workdir.exists()
       self.workdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
       raise WorkdirError(f"--workdir={self.workdir} cannot be created ({e.strerror or e}); "
                          "choose a writable --workdir") from None
-    if not _is_local(self.workdir):
+    if paths.is_url(self.workdir):
       logging.warning("%s is not on a local or network file system: it has no lock, so "
                       "make sure no other trainer uses it", self.workdir)
       self._check_writable()

@@ -271,7 +271,8 @@ def test_a_runaway_loss_stops_the_run_naming_the_step_and_the_setting(tmp_path):
 
 def test_the_divergence_check_catches_a_finite_runaway_loss():
   logger = train._Logger.__new__(train._Logger)  # pylint: disable=protected-access
-  logger.divergence_factor, logger.advice = 10.0, "Lower config.optimizer.model_lr."
+  logger.divergence_factor = 10.0
+  logger.advice = lambda: "Lower config.optimizer.model_lr."
   logger.first_loss, logger.recent = None, train.collections.deque(maxlen=100)
   logger.pending = [(i + 1, np.float32(v)) for i, v in enumerate([1.4, 1.0, 0.8, 0.7])]
   logger.check_health()

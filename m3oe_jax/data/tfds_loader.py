@@ -34,6 +34,7 @@ from typing import Any, Mapping
 import ml_collections
 import numpy as np
 
+from m3oe_jax import paths
 from m3oe_jax.data import raw_common as rc
 from m3oe_jax.data.pipeline import SPLITS, ArraySource, Dataset
 from m3oe_jax.data.schema import BATCH_KEYS, FeatureSchema
@@ -45,8 +46,8 @@ def data_dir_of(data_config) -> str:
   """Where prepared data lives: `config.data.data_dir`, or when that is unset or
   "", TFDS's default (`$TFDS_DATA_DIR`, else ~/tensorflow_datasets), read now."""
   from tensorflow_datasets.core import constants  # pylint: disable=g-import-not-at-top
-  return os.path.expanduser(_get(data_config, "data_dir", "")
-                            or constants.get_default_data_dir())
+  folder = _get(data_config, "data_dir", "") or constants.get_default_data_dir()
+  return folder if paths.is_url(folder) else os.path.abspath(os.path.expanduser(folder))
 
 
 def _modules(name: str):
