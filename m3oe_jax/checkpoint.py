@@ -33,14 +33,8 @@ from jax.experimental import multihost_utils
 from m3oe_jax import paths
 from m3oe_jax.data.schema import FeatureSchema
 from m3oe_jax.errors import DiskFullError, MissingCheckpointError, WorkdirError
+from m3oe_jax.run_identity import ADDED_FIELDS, resumable
 
-# Config fields that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("num_epochs", "patience", "log_every_steps", "checkpoint_every_steps",
-                     "eval_batch_size", "divergence_factor", "mesh.", "steps_per_call",
-                     "prefetch_batches", "compilation_cache_dir", "async_checkpointing")
-# Fields added to the config since checkpoints were first written, and the value a
-# checkpoint without them was trained with.
-ADDED_FIELDS = {"model.dtype": "float32"}
 # Under checkpoints/: checkpoints that failed to restore, moved aside for inspection.
 DAMAGED = "damaged"
 
@@ -104,9 +98,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     if (len(section) > 2 and section[0] == "model" and section[1] not in model_names
         and isinstance(current.get("model", {}).get(section[1]), dict)):
       continue  # the options of a model this run does not use
-    if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_CHANGES):
-      continue
-    if key.startswith("data.") and key.endswith(("_dir", "_path")):
+    if resumable(key):
       continue
     diffs.append(f"{key}: checkpoint has {a.get(key, '<absent>')!r}, "
                  f"config has {b.get(key, '<absent>')!r}")

@@ -11,9 +11,10 @@ Locally every run goes through `m3oe_jax.train.train_and_evaluate` in this proce
 a run whose `metrics.json` exists is skipped, an interrupted one resumes from its
 checkpoints, and one that raises is recorded as failed while the sweep goes on.
 `DIR/sweep.json` lists every run (name, model, kind, domains, tasks, seed,
-sub-workdir, the equivalent command, status). `--dry_run` prints one launcher command
-per run instead (launch/*.sh), so the grid can be spread over a cluster; the report
-(`python -m m3oe_jax.report --workdir=DIR`) reads the same DIR either way.
+sub-workdir, the equivalent command, the hash of its config, status). `--dry_run`
+prints one launcher command per run instead (launch/*.sh), so the grid can be spread
+over a cluster; the report (`python -m m3oe_jax.report --workdir=DIR`) reads the
+same DIR either way, and leaves out a run whose metrics.json is not its own.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from m3oe_jax import paths
+from m3oe_jax import paths, run_identity
 from m3oe_jax.config_utils import apply_override
 from m3oe_jax.errors import ConfigError
 
@@ -251,19 +252,21 @@ def _read_json(path: pathlib.Path):
     return None
 
 
-def run_record(run: Run, workdir: pathlib.Path) -> dict:
+def run_record(run: Run, workdir: pathlib.Path, config_hash: str | None = None) -> dict:
   sub = workdir / run.name
   return {"name": run.name, "label": run.label, "model": run.model, "kind": run.kind,
           "domains": list(run.domains), "tasks": list(run.tasks), "seed": run.seed,
           "workdir": run.name, "config": run.config_arg,
-          "overrides": [[f, v] for f, v in run.overrides],
+          "overrides": [[f, v] for f, v in run.overrides], "config_hash": config_hash,
           "command": shlex.join(run.command(str(sub))),
           "status": "finished" if (sub / "metrics.json").exists() else "pending"}
 
 
 class SweepRecord:
   """DIR/sweep.json: the sweep's config and one entry per run, rewritten atomically
-  after every change. Statuses: pending, running, finished, failed, interrupted."""
+  after every change. Statuses: pending, running, finished, failed, interrupted.
+  A run's config_hash (run_identity) is the one of the config it is launched with;
+  a finished run keeps the one recorded when it ran."""
 
   def __init__(self, workdir: pathlib.Path, config_flag: str,
                sweep: ml_collections.ConfigDict, runs: list[Run]):
@@ -271,8 +274,10 @@ class SweepRecord:
     previous = {r["name"]: r for r in (_read_json(self.path) or {}).get("runs", [])}
     self.runs = []
     for run in runs:
-      record = run_record(run, workdir)
+      record = run_record(run, workdir, run_identity.config_hash(run_config(sweep, run)))
       old = previous.get(run.name)
+      if record["status"] == "finished" and old and old.get("config_hash"):
+        record["config_hash"] = old["config_hash"]
       if record["status"] != "finished" and old and old.get("status") in ("failed",
                                                                           "interrupted"):
         record.update({k: old[k] for k in ("status", "error") if k in old})

@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 from jax.experimental.compilation_cache import compilation_cache
 from ml_collections import config_flags
 
-from m3oe_jax import checkpoint, cli, metrics, paths, sharding
+from m3oe_jax import checkpoint, cli, metrics, paths, run_identity, sharding
 from m3oe_jax.data import load_dataset, pipeline
 from m3oe_jax.errors import ConfigError, DiskFullError, UserError, WorkdirError
 from m3oe_jax.trainer import Trainer
@@ -577,7 +577,8 @@ def _train_then_test(config, workdir: epath.Path, preemption: _PreemptionWatch, 
             "model": config.model.name, "seed": int(config.seed),
             "data": config.data.name, "domains": list(schema.domain_names),
             "tasks": list(schema.task_names),
-            "variant": schema.source.get("variant")}
+            "variant": schema.source.get("variant"),
+            "config_hash": run_identity.config_hash(config)}
   if dataset.true_probs is not None:
     test_split = dataset.splits["test"]
     rows = test_split.take(np.arange(len(test_split)))

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from m3oe_jax import run_identity
 from m3oe_jax import sweep as sweep_lib
 from m3oe_jax.report import collect, paper, report, tables
 
@@ -192,7 +193,7 @@ def test_statuses_and_significance(tmp_path):
   assert status["mlp-single/d1t1/seed2022"] == "running"
   assert status["mmoe-mtl/d0/seed2022"] == "finished"
   assert collect.status_counts(runs) == {"finished": 15, "running": 1, "failed": 1,
-                                         "missing": 1}
+                                         "missing": 1, "rejected": 0, "invalid": 0}
   table = tables.build_table(runs)
   s = table.significance
   assert s["m3oe"] == "M3oE-MDMT" and s["baseline"] == "MMoE-MTL"
@@ -298,6 +299,14 @@ def test_tiny_sweep_runs_records_and_reports(tiny_sweep, tmp_path):
     # Pooled BCE of a -MDMT row: the runs' own overall_logloss.
     assert rows[name].summary["LogLoss (pooled BCE)"].values == pytest.approx(
         [m["test"]["overall_logloss"] for m in metrics], rel=1e-6)
+  # Every finished run is verified: its config hash is sweep.json's and its checkpoints'.
+  assert result["warnings"] == []
+  hashes = {r["name"]: r["config_hash"] for r in record["runs"]}
+  for run in result["runs"]:
+    if run.status == "finished":
+      assert run.unverified is None
+      assert (run.metrics["config_hash"] == hashes[run.name]
+              == run_identity.config_hash(collect.checkpoint_config(run.workdir)))
   md = result["markdown"]
   assert "| mlp-mdmt/all/seed2022 | failed |" in md
   assert rows["MLP-MDMT"].summary["AUC"].n == 0

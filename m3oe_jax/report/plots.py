@@ -117,7 +117,10 @@ def m3oe_gates(table: Table, runs: list[RunInfo], kind: str,
     gates = (record or {}).get("diagnostics", {}).get("gates")
     if gates is None:
       continue
-    gates = np.asarray(gates, np.float64)  # [D', T', E]
+    try:
+      gates = np.asarray(gates, np.float64)  # [D', T', E]
+    except (TypeError, ValueError):
+      continue
     if gates.ndim != 3:
       continue
     names = [f"{d}/{t}" for d in run.metrics["domains"] for t in run.metrics["tasks"]]

@@ -5,7 +5,9 @@
 Into --out (default: <first workdir>/report): `report.md` (run status, the table,
 M3oE's significance test, the paper's table for reference, the figures),
 `table2.csv` (long format, 0-1 scale), `table2.tex`, `runs.csv` (every run and its
-status), `report.json` and `plots/*.png`. The Markdown is also printed.
+status), `report.json` and `plots/*.png`. The Markdown is also printed. A run whose
+metrics.json is another run's (rejected) or unreadable (invalid) is left out of
+the tables and named, in the report and on stderr, with why; the rest is reported.
 """
 
 from __future__ import annotations
@@ -18,23 +20,24 @@ import pathlib
 import sys
 
 from m3oe_jax.report import paper, plots, tables
-from m3oe_jax.report.collect import ReportError, RunInfo, collect, status_counts
+from m3oe_jax.report.collect import ReportError, RunInfo, collect, problems, status_counts
 
 
 def runs_csv(runs: list[RunInfo]) -> str:
   out = io.StringIO()
   writer = csv.writer(out)
   writer.writerow(["name", "model", "kind", "seed", "domains", "tasks", "status",
-                   "test_mean_auc", "workdir", "error"])
+                   "test_mean_auc", "workdir", "error", "verified"])
   for r in runs:
     auc = (r.metrics or {}).get("test", {}).get("mean_auc")
+    verified = ("yes" if not r.unverified else "no") if r.status == "finished" else ""
     writer.writerow([r.name, r.model, r.kind, r.seed, " ".join(map(str, r.domains)),
                      " ".join(map(str, r.tasks)), r.status, "" if auc is None else repr(auc),
-                     str(r.workdir), r.error or ""])
+                     str(r.workdir), r.error or "", verified])
   return out.getvalue()
 
 
-def _status_section(runs: list[RunInfo]) -> str:
+def _status_section(runs: list[RunInfo], warnings: list[str]) -> str:
   counts = status_counts(runs)
   lines = [f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + "."]
   pending = [r for r in runs if r.status != "finished"]
@@ -45,7 +48,11 @@ def _status_section(runs: list[RunInfo]) -> str:
       lines.append(f"| {r.name} | {r.status} | {r.workdir} | {error.replace('|', '/')} |")
     lines += ["", "running: the workdir exists without metrics.json (training, or interrupted: "
               "rerun the sweep to resume); missing: no workdir; failed: recorded as failed in "
-              "sweep.json (its error is in sweep.json)."]
+              "sweep.json (its error is in sweep.json); rejected: its metrics.json is another "
+              "run's (left out); invalid: its metrics.json is not JSON or not what the "
+              "trainer writes (left out)."]
+  if warnings:
+    lines += ["", "Warnings:"] + [f"- {w}" for w in warnings]
   return "\n".join(lines)
 
 
@@ -62,6 +69,10 @@ def write_report(workdirs: list[str], out: str | None = None) -> dict:
   runs, sweeps = collect(workdirs)
   out_dir = pathlib.Path(out) if out else pathlib.Path(workdirs[0]) / "report"
   out_dir.mkdir(parents=True, exist_ok=True)
+  for run in runs:
+    if run.status in ("finished", "running"):
+      run.epochs()  # notes the lines of metrics.jsonl it skips
+  warnings = problems(runs)
   table = tables.build_table(runs)
   figures = plots.all_plots(table, runs, out_dir / "plots")
   sources = ", ".join(str(w) for w in workdirs)
@@ -70,7 +81,7 @@ def write_report(workdirs: list[str], out: str | None = None) -> dict:
       "# Table 2 report", "",
       f"Runs from {sources}" + (f" (sweep {configs})" if configs else "")
       + f"; data: {table.data or 'unknown'}.", "",
-      "## Runs", "", _status_section(runs), "",
+      "## Runs", "", _status_section(runs, warnings), "",
       "## Table 2: test AUC per (domain, task), overall AUC and LogLoss", "",
       tables.markdown(table), "",
   ]
@@ -84,11 +95,12 @@ def write_report(workdirs: list[str], out: str | None = None) -> dict:
   files = {"report.md": markdown, "table2.csv": tables.csv_text(table),
            "table2.tex": tables.latex(table), "runs.csv": runs_csv(runs),
            "report.json": json.dumps({"table": tables.as_dict(table),
-                                      "runs": status_counts(runs)}, indent=2)}
+                                      "runs": status_counts(runs),
+                                      "warnings": warnings}, indent=2)}
   for name, text in files.items():
     (out_dir / name).write_text(text)
   return {"markdown": markdown, "table": table, "runs": runs, "out": out_dir,
-          "files": [out_dir / n for n in files] + figures}
+          "warnings": warnings, "files": [out_dir / n for n in files] + figures}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
   except ReportError as e:
     print(f"m3oe_jax.report: error: {e}", file=sys.stderr)
     return 2
+  for warning in result["warnings"]:
+    print(f"m3oe_jax.report: warning: {warning}", file=sys.stderr)
   print(result["markdown"])
   print(f"\nwrote {result['out']}: " + ", ".join(p.name for p in result["files"]))
   return 0
