@@ -40,6 +40,8 @@ from m3oe_jax.data.schema import BATCH_KEYS, FeatureSchema
 
 log = logging.getLogger("m3oe_jax.data")
 
+BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata")
+
 
 def data_dir_of(data_config) -> str:
   """Where prepared data lives: `config.data.data_dir`, or when that is unset or
@@ -67,13 +69,35 @@ def _get(cfg: Mapping[str, Any] | ml_collections.ConfigDict, key: str, default=N
   return default if value is None else value
 
 
+def is_bundled(archive: str) -> bool:
+  """Whether `archive` is one of the tiny archives shipped in `data/testdata/`."""
+  return bool(archive) and os.path.dirname(os.path.abspath(
+      os.path.expanduser(archive))) == BUNDLED_DIR
+
+
+def raw_source_fields(data_config) -> dict[str, str]:
+  """`archive`, `archive_checksum` and `extracted_dir` of `data_config`, where
+  an explicit `extracted_dir` replaces a bundled tiny archive (what the
+  `:tiny_offline` variants name) and its checksum; beside any other archive it
+  is refused, since which of the two to read would be a guess."""
+  fields = {k: _get(data_config, k, "") for k in ("archive", "archive_checksum",
+                                                   "extracted_dir")}
+  if fields["archive"] and fields["extracted_dir"]:
+    if not is_bundled(fields["archive"]):
+      raise rc.ConfigError(
+          f"config.data.archive={fields['archive']!r} and config.data.extracted_dir="
+          f"{fields['extracted_dir']!r} are both set; set the one not to read to ''")
+    fields.update(archive="", archive_checksum="")
+  return fields
+
+
 def settings_from_config(data_config) -> dict[str, Any]:
   """The builder settings named in `data_config` (unset ones keep their default)."""
   module, _ = _modules(data_config.name)
+  fields = raw_source_fields(data_config)
   settings = {}
   for key in module.DEFAULT_SETTINGS:
-    cfg_key = "archive_checksum" if key == "checksum" else key
-    value = _get(data_config, cfg_key)
+    value = fields["archive_checksum"] if key == "checksum" else _get(data_config, key)
     if value is not None:
       settings[key] = (value.to_dict() if isinstance(value, ml_collections.ConfigDict)
                        else value)
@@ -86,10 +110,15 @@ def make_builder(data_config):
   if any(c.name == config.name for c in cls.BUILDER_CONFIGS):
     config = config.name  # a named config (TFDS refuses an equal custom one)
   data_dir = data_dir_of(data_config)
+  fields = raw_source_fields(data_config)
+  if fields["extracted_dir"] and is_bundled(_get(data_config, "archive", "")):
+    log.warning("config.data.extracted_dir=%s replaces the bundled tiny archive %s "
+                "(the :tiny_offline variant's): preparing the files in that folder",
+                fields["extracted_dir"], data_config.archive)
   options = rc.SourceOptions(
-      archive=_get(data_config, "archive", ""),
-      checksum=_get(data_config, "archive_checksum", ""),
-      extracted_dir=_get(data_config, "extracted_dir", ""),
+      archive=fields["archive"],
+      checksum=fields["archive_checksum"],
+      extracted_dir=fields["extracted_dir"],
       manual_dir=_get(data_config, "manual_dir", ""),
       download=bool(_get(data_config, "download", True)))
   return cls(config=config, data_dir=data_dir, source_options=options,

@@ -1,7 +1,9 @@
-"""Preparing without a network: a download that cannot succeed fails at once,
-and nothing is left in the temp folder."""
+"""Preparing without a network or with an explicit source: a download that
+cannot succeed fails at once, nothing is left in the temp folder, and an
+explicit `extracted_dir` is honoured by the `:tiny_offline` variants."""
 
 import dataclasses
+import logging
 import os
 import pathlib
 import socket
@@ -14,6 +16,7 @@ import ml_collections
 import pytest
 
 from m3oe_jax.data import fake_raw, movielens, raw_common, tfds_loader
+from m3oe_jax.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 OFFLINE_URL = "https://m3oe-offline-test.invalid/ml-1m.zip"
@@ -158,3 +161,41 @@ def test_preparing_leaves_nothing_in_the_temp_folder(tmp_path, monkeypatch):
   tfds_loader.load(cfg)
   tfds_loader.load(cfg)
   assert sorted(p.name for p in temp.iterdir()) == []
+
+
+@pytest.mark.parametrize("dataset", ["kuairand", "movielens"])
+def test_tiny_offline_reads_an_explicit_extracted_dir(dataset, tmp_path, caplog):
+  """As the default variant would (same data settings, no bundled checksum), with
+  the tiny variant's model and training."""
+  from configs import kuairand as kuairand_config  # pylint: disable=g-import-not-at-top
+  from configs import movielens as movielens_config  # pylint: disable=g-import-not-at-top
+  module = {"kuairand": kuairand_config, "movielens": movielens_config}[dataset]
+  if dataset == "kuairand":
+    top = fake_raw.write_kuairand(tmp_path / "raw", num_rows=300, num_users=30,
+                                  num_videos=60, seed=11)
+  else:
+    top = fake_raw.write_movielens(tmp_path / "raw", num_ratings=300, num_users=40,
+                                   num_movies=50, seed=11)
+  configs = {}
+  for variant in ("tiny_offline", "default"):
+    configs[variant] = module.get_config(variant).data
+    configs[variant].data_dir = str(tmp_path / "tfds")
+    configs[variant].extracted_dir = str(top)
+  with caplog.at_level(logging.WARNING):
+    ds = tfds_loader.load(configs["tiny_offline"])
+  assert "replaces the bundled tiny archive" in caplog.text
+  assert ds.schema.source["kind"] == "extracted"
+  assert ds.schema.source["settings"]["checksum"] == ""  # not the bundled archive's
+  path = tfds_loader.make_builder(configs["tiny_offline"]).data_path
+  assert path == tfds_loader.make_builder(configs["default"]).data_path
+  configs["tiny_offline"].extracted_dir = ""
+  assert path != tfds_loader.make_builder(configs["tiny_offline"]).data_path
+
+
+def test_an_archive_and_an_extracted_dir_are_refused_together(tmp_path):
+  cfg = data_config(tmp_path / "tfds", archive=str(tmp_path / "ml-1m.zip"),
+                    extracted_dir=str(tmp_path / "ml-1m"))
+  with pytest.raises(ConfigError, match=r"config\.data\.archive=.* and "
+                     r"config\.data\.extracted_dir=.* are both set"):
+    tfds_loader.load(cfg)
+  assert not (tmp_path / "tfds").exists()
