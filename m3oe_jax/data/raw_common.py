@@ -61,6 +61,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from m3oe_jax.data import integrity
 from m3oe_jax.data.schema import FeatureSchema
 from m3oe_jax.errors import ConfigError, UserError
 
@@ -911,19 +912,31 @@ def npy_column(path: str) -> FlatColumn:
 
 
 class NpyWriter:
-  """Writes a `.npy` file of known shape by appending rows (no memory map)."""
+  """Writes a `.npy` file of known shape by appending rows (no memory map),
+  keeping its size and CRC-32 (`record()`)."""
 
   def __init__(self, path: str, dtype, shape: tuple[int, ...]):
     self.f = open(path, "wb")
     self.dtype, self.shape, self.rows = np.dtype(dtype), tuple(shape), 0
+    self.crc, self.bytes = 0, 0
+    header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        self.f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+        header, {"descr": np.lib.format.dtype_to_descr(self.dtype),
                  "fortran_order": False, "shape": self.shape})
+    self._write(header.getvalue())
+
+  def _write(self, data: bytes) -> None:
+    self.f.write(data)
+    self.crc = zlib.crc32(data, self.crc)
+    self.bytes += len(data)
 
   def append(self, a: np.ndarray) -> None:
     a = np.ascontiguousarray(a, self.dtype)
-    self.f.write(a.tobytes())
+    self._write(a.tobytes())
     self.rows += a.shape[0]
+
+  def record(self) -> dict[str, Any]:
+    return {"bytes": self.bytes, "crc32": f"{self.crc:08x}"}
 
   def close(self) -> None:
     self.f.close()
@@ -1207,9 +1220,11 @@ def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
         o["labels"].append(lab[m])
         oov[k] += np.count_nonzero(ids[m] == OOV_ID, axis=0)
         filled[k] += c
+    files = {}
     for split in SPLITS:
-      for w in outs[split].values():
+      for key, w in outs[split].items():
         w.close()
+        files[f"{COLUMNAR_DIR}/{split}/{key}.npy"] = w.record()
     del outs
     assert filled == counts, (filled, counts)
 
@@ -1251,6 +1266,8 @@ def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
       "dense_max": {q: float(dmax[i]) for i, q in enumerate(spec.dense_names)},
       "oov_id": OOV_ID,
       "checks": checks,
+      # Size and CRC-32 of each columnar file, compared by `integrity.verify`.
+      "prepared_files": files,
   }
   schema = FeatureSchema(
       sparse_names=tuple(f.name for f in spec.sparse),
@@ -1484,6 +1501,17 @@ class _LocalDatasetInfo(tfds.core.DatasetInfo):
 
   def initialize_from_bucket(self) -> None:
     pass
+
+  def read_from_directory(self, dataset_info_dir) -> None:
+    """TFDS's, with a damaged `dataset_info.json` named in one line."""
+    folder = os.fspath(dataset_info_dir)
+    path = os.path.join(folder, integrity.DATASET_INFO)
+    integrity.read_json(path, folder)
+    try:
+      super().read_from_directory(dataset_info_dir)
+    except Exception as e:  # pylint: disable=broad-except
+      raise integrity.damaged(path, f"unreadable ({integrity.describe_error(e)})",
+                              folder) from None
 
 
 @dataclasses.dataclass(eq=False)
