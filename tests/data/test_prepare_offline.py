@@ -30,6 +30,17 @@ def data_config(data_dir, **kw):
   return c
 
 
+PROXY_VARIABLES = [v for name in ("http_proxy", "https_proxy", "all_proxy")
+                   for v in (name, name.upper())]
+
+
+@pytest.fixture(autouse=True)
+def direct_connections(monkeypatch):
+  """Downloads go straight to the server (a proxy would be probed instead)."""
+  for name in PROXY_VARIABLES:
+    monkeypatch.delenv(name, raising=False)
+
+
 class TfdsDownloadReached(Exception):
   pass
 
@@ -114,7 +125,6 @@ def test_an_unreachable_proxy_is_named(monkeypatch):
   monkeypatch.setenv("HTTPS_PROXY", "http://m3oe-proxy.invalid:3128")
   monkeypatch.delenv("NO_PROXY", raising=False)
   monkeypatch.delenv("no_proxy", raising=False)
-  monkeypatch.delenv("https_proxy", raising=False)
   with pytest.raises(raw_common.UnreachableError,
                      match=r"m3oe-proxy\.invalid \(the proxy for https://m3oe-offline-test"):
     raw_common.check_reachable(OFFLINE_URL)
@@ -139,7 +149,8 @@ def test_train_offline_prints_the_instruction_within_seconds(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-c", CHILD, "--config=configs/kuairand.py",
        f"--config.data.data_dir={tmp_path}/tfds", f"--workdir={tmp_path}/w"],
-      cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"},
+      cwd=REPO, env={**{k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES},
+                     "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"},
       capture_output=True, text=True, timeout=200)
   elapsed = time.monotonic() - start
   assert proc.returncode == 2, proc.stderr[-3000:]
