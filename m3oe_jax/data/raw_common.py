@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import errno
 import fcntl
 import fnmatch
 import functools
@@ -51,6 +52,7 @@ import socket
 import tarfile
 import tempfile
 import time
+import urllib.parse
 import zipfile
 import zlib
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -59,6 +61,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from m3oe_jax.data import integrity
 from m3oe_jax.data.schema import FeatureSchema
 from m3oe_jax.errors import ConfigError, UserError
 
@@ -431,6 +434,59 @@ def resolve_source(spec: ArchiveSpec, options: SourceOptions,
       "no config.data.archive or config.data.extracted_dir given"
       + ("" if options.download else ", and config.data.download is False")
       + ". " + _instructions(spec, manual or "<manual_dir>"))
+
+
+class UnreachableError(OSError):
+  """A download's server cannot be reached for a reason retrying will not fix."""
+
+
+# Connection failures that retrying within minutes does not fix.
+PERMANENT_CONNECT_ERRNOS = frozenset(
+    (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN,
+     errno.EADDRNOTAVAIL))
+RESOLVE_AGAIN_WAIT_S = 2.0
+
+
+def check_reachable(url: str, timeout_s: float = 10.0) -> None:
+  """Raises UnreachableError at once when the server of `url` (or the proxy the
+  download goes through) cannot be reached for a reason retrying will not fix:
+  its name does not resolve, or every address refuses the connection or has no
+  route. A timeout or any other failure is left to the download's retries.
+
+  TFDS's download retries every failure ten times with a growing backoff, which
+  made an offline run wait 206 s for a name that never resolves.
+  """
+  import requests  # pylint: disable=g-import-not-at-top
+  proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
+  target = urllib.parse.urlsplit(proxy if proxy else url)
+  host = target.hostname
+  default_ports = {"http": 80, "https": 443, "ftp": 21}
+  if not host or target.scheme not in default_ports:
+    return
+  port = target.port or default_ports[target.scheme]
+  via = f" (the proxy for {url})" if proxy else ""
+  for again in (True, False):
+    try:
+      addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+      break
+    except socket.gaierror as e:
+      if again and e.errno == socket.EAI_AGAIN:  # the resolver may answer a retry
+        time.sleep(RESOLVE_AGAIN_WAIT_S)
+        continue
+      raise UnreachableError(
+          f"the name {host}{via} does not resolve ({e.strerror})") from e
+  failures = []
+  for family, kind, proto, _, address in addresses:
+    with socket.socket(family, kind, proto) as sock:
+      sock.settimeout(timeout_s)
+      try:
+        sock.connect(address)
+        return
+      except OSError as e:
+        if e.errno not in PERMANENT_CONNECT_ERRNOS:
+          return  # a timeout or the like: the download's retries may get through
+        failures.append(f"{address[0]}: {e.strerror}")
+  raise UnreachableError(f"{host}:{port}{via} cannot be reached ({'; '.join(failures)})")
 
 
 # ----------------------------------------------------------------------------
@@ -856,19 +912,31 @@ def npy_column(path: str) -> FlatColumn:
 
 
 class NpyWriter:
-  """Writes a `.npy` file of known shape by appending rows (no memory map)."""
+  """Writes a `.npy` file of known shape by appending rows (no memory map),
+  keeping its size and CRC-32 (`record()`)."""
 
   def __init__(self, path: str, dtype, shape: tuple[int, ...]):
     self.f = open(path, "wb")
     self.dtype, self.shape, self.rows = np.dtype(dtype), tuple(shape), 0
+    self.crc, self.bytes = 0, 0
+    header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        self.f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+        header, {"descr": np.lib.format.dtype_to_descr(self.dtype),
                  "fortran_order": False, "shape": self.shape})
+    self._write(header.getvalue())
+
+  def _write(self, data: bytes) -> None:
+    self.f.write(data)
+    self.crc = zlib.crc32(data, self.crc)
+    self.bytes += len(data)
 
   def append(self, a: np.ndarray) -> None:
     a = np.ascontiguousarray(a, self.dtype)
-    self.f.write(a.tobytes())
+    self._write(a.tobytes())
     self.rows += a.shape[0]
+
+  def record(self) -> dict[str, Any]:
+    return {"bytes": self.bytes, "crc32": f"{self.crc:08x}"}
 
   def close(self) -> None:
     self.f.close()
@@ -1152,9 +1220,11 @@ def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
         o["labels"].append(lab[m])
         oov[k] += np.count_nonzero(ids[m] == OOV_ID, axis=0)
         filled[k] += c
+    files = {}
     for split in SPLITS:
-      for w in outs[split].values():
+      for key, w in outs[split].items():
         w.close()
+        files[f"{COLUMNAR_DIR}/{split}/{key}.npy"] = w.record()
     del outs
     assert filled == counts, (filled, counts)
 
@@ -1196,6 +1266,8 @@ def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
       "dense_max": {q: float(dmax[i]) for i, q in enumerate(spec.dense_names)},
       "oov_id": OOV_ID,
       "checks": checks,
+      # Size and CRC-32 of each columnar file, compared by `integrity.verify`.
+      "prepared_files": files,
   }
   schema = FeatureSchema(
       sparse_names=tuple(f.name for f in spec.sparse),
@@ -1422,6 +1494,26 @@ def remove_leftovers(folder: str | os.PathLike, scratch: str | None = None) -> l
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+  """TFDS's DatasetInfo without the look-up of precomputed info in TFDS's bucket,
+  which these datasets are not in; the look-up left an empty `$TMPDIR/tmp*tfds`
+  folder at every construction of an unprepared builder."""
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+  def read_from_directory(self, dataset_info_dir) -> None:
+    """TFDS's, with a damaged `dataset_info.json` named in one line."""
+    folder = os.fspath(dataset_info_dir)
+    path = os.path.join(folder, integrity.DATASET_INFO)
+    integrity.read_json(path, folder)
+    try:
+      super().read_from_directory(dataset_info_dir)
+    except Exception as e:  # pylint: disable=broad-except
+      raise integrity.damaged(path, f"unreadable ({integrity.describe_error(e)})",
+                              folder) from None
+
+
 @dataclasses.dataclass(eq=False)
 class RawBuilderConfig(tfds.core.BuilderConfig):
   """A builder config whose `settings` (domains, tasks, features, split) are
@@ -1495,7 +1587,7 @@ class RawTableBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
 
   def _info(self):
     s = self.settings
-    return tfds.core.DatasetInfo(
+    return _LocalDatasetInfo(
         builder=self,
         description=self.__doc__,
         features=block_features(len(s["sparse_features"]), len(s["dense_features"]),
@@ -1518,8 +1610,11 @@ class RawTableBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
       options.manual_dir = os.fspath(
           getattr(dl_manager, "_manual_dir", None)
           or os.path.join(os.fspath(self.data_dir_root), "downloads", "manual"))
-    source = resolve_source(self.archive_spec(), options,
-                            download_fn=lambda url: os.fspath(dl_manager.download(url)))
+    def download(url: str) -> str:
+      check_reachable(url)
+      return os.fspath(dl_manager.download(url))
+
+    source = resolve_source(self.archive_spec(), options, download_fn=download)
     out_dir = os.fspath(self.data_dir)  # TFDS's incomplete.* directory while preparing
     meta = self.prepare_into(source, out_dir)
     meta["schema"]["source"].update({

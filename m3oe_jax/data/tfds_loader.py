@@ -13,7 +13,10 @@ array_record files:
   placement='auto'    'host' up to `max_host_bytes`, else 'stream'.
 
 Prepared data is found again from the settings alone (the TFDS config name
-holds a hash of them), so evaluation later needs no raw files. Preparation
+holds a hash of them), so evaluation later needs no raw files. Before it is
+used it is checked (`integrity.py`: files, headers, sizes, and ids, domains and
+labels in range, at load or per streamed batch); a damaged file is a
+`PreparedDataError` that names it. Preparation
 runs in one process at a time per dataset folder; the others wait and use its
 result, and a rerun first deletes what a killed preparation left
 (`raw_common.PreparationLock`, `RawTableBuilder.download_and_prepare`).
@@ -21,25 +24,29 @@ result, and a rerun first deletes what a killed preparation left
 else ~/tensorflow_datasets).
 
 To prepare without training: `python -m m3oe_jax.data.tfds_loader
---config=configs/kuairand.py`.
+--config=configs/kuairand.py` (`--verify` then also reads every prepared file
+in full and compares its CRC-32 with the one recorded at preparation).
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import ml_collections
 import numpy as np
 
 from m3oe_jax import paths
+from m3oe_jax.data import integrity
 from m3oe_jax.data import raw_common as rc
 from m3oe_jax.data.pipeline import SPLITS, ArraySource, Dataset
 from m3oe_jax.data.schema import BATCH_KEYS, FeatureSchema
 
 log = logging.getLogger("m3oe_jax.data")
+
+BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata")
 
 
 def data_dir_of(data_config) -> str:
@@ -68,13 +75,35 @@ def _get(cfg: Mapping[str, Any] | ml_collections.ConfigDict, key: str, default=N
   return default if value is None else value
 
 
+def is_bundled(archive: str) -> bool:
+  """Whether `archive` is one of the tiny archives shipped in `data/testdata/`."""
+  return bool(archive) and os.path.dirname(os.path.abspath(
+      os.path.expanduser(archive))) == BUNDLED_DIR
+
+
+def raw_source_fields(data_config) -> dict[str, str]:
+  """`archive`, `archive_checksum` and `extracted_dir` of `data_config`, where
+  an explicit `extracted_dir` replaces a bundled tiny archive (what the
+  `:tiny_offline` variants name) and its checksum; beside any other archive it
+  is refused, since which of the two to read would be a guess."""
+  fields = {k: _get(data_config, k, "") for k in ("archive", "archive_checksum",
+                                                   "extracted_dir")}
+  if fields["archive"] and fields["extracted_dir"]:
+    if not is_bundled(fields["archive"]):
+      raise rc.ConfigError(
+          f"config.data.archive={fields['archive']!r} and config.data.extracted_dir="
+          f"{fields['extracted_dir']!r} are both set; set the one not to read to ''")
+    fields.update(archive="", archive_checksum="")
+  return fields
+
+
 def settings_from_config(data_config) -> dict[str, Any]:
   """The builder settings named in `data_config` (unset ones keep their default)."""
   module, _ = _modules(data_config.name)
+  fields = raw_source_fields(data_config)
   settings = {}
   for key in module.DEFAULT_SETTINGS:
-    cfg_key = "archive_checksum" if key == "checksum" else key
-    value = _get(data_config, cfg_key)
+    value = fields["archive_checksum"] if key == "checksum" else _get(data_config, key)
     if value is not None:
       settings[key] = (value.to_dict() if isinstance(value, ml_collections.ConfigDict)
                        else value)
@@ -87,10 +116,15 @@ def make_builder(data_config):
   if any(c.name == config.name for c in cls.BUILDER_CONFIGS):
     config = config.name  # a named config (TFDS refuses an equal custom one)
   data_dir = data_dir_of(data_config)
+  fields = raw_source_fields(data_config)
+  if fields["extracted_dir"] and is_bundled(_get(data_config, "archive", "")):
+    log.warning("config.data.extracted_dir=%s replaces the bundled tiny archive %s "
+                "(the :tiny_offline variant's): preparing the files in that folder",
+                fields["extracted_dir"], data_config.archive)
   options = rc.SourceOptions(
-      archive=_get(data_config, "archive", ""),
-      checksum=_get(data_config, "archive_checksum", ""),
-      extracted_dir=_get(data_config, "extracted_dir", ""),
+      archive=fields["archive"],
+      checksum=fields["archive_checksum"],
+      extracted_dir=fields["extracted_dir"],
       manual_dir=_get(data_config, "manual_dir", ""),
       download=bool(_get(data_config, "download", True)))
   return cls(config=config, data_dir=data_dir, source_options=options,
@@ -100,7 +134,7 @@ def make_builder(data_config):
 
 def is_prepared(builder) -> bool:
   path = os.fspath(builder.data_path)
-  return (os.path.exists(os.path.join(path, "dataset_info.json"))
+  return (os.path.exists(os.path.join(path, integrity.DATASET_INFO))
           and os.path.exists(os.path.join(path, rc.SCHEMA_FILE)))
 
 
@@ -109,6 +143,12 @@ def prepare(data_config):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = make_builder(data_config)
   if not is_prepared(builder):
+    folder = os.fspath(builder.data_path)
+    # TFDS moves a preparation into its folder only once it is complete.
+    missing = [name for name in (integrity.DATASET_INFO, rc.SCHEMA_FILE)
+               if os.path.isdir(folder) and not os.path.exists(os.path.join(folder, name))]
+    if missing:
+      raise integrity.damaged(os.path.join(folder, missing[0]), "missing", folder)
     manual = _get(data_config, "manual_dir", "")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=os.path.expanduser(manual) if manual else None))
@@ -116,16 +156,19 @@ def prepare(data_config):
 
 
 def read_schema(builder) -> FeatureSchema:
-  with open(os.path.join(os.fspath(builder.data_path), rc.SCHEMA_FILE)) as f:
-    return FeatureSchema.from_dict(json.load(f))
+  folder = os.fspath(builder.data_path)
+  return integrity.read_schema(os.path.join(folder, rc.SCHEMA_FILE), folder)
 
 
 class MemmapSource:
   """Rows of memory-mapped columnar files; a batch is gathered column by column
-  in row order (sequential pages), so only the requested rows are read."""
+  in row order (sequential pages), so only the requested rows are read.
+  `check(batch, rows)`, if given, sees every batch (rows in file order) first."""
 
-  def __init__(self, split_dir: str):
+  def __init__(self, split_dir: str,
+               check: Callable[[dict[str, np.ndarray], np.ndarray], None] | None = None):
     self.columns = rc.load_columnar(split_dir, mmap=True)
+    self._check = check
 
   def __len__(self) -> int:
     return len(self.columns["domain"])
@@ -136,7 +179,10 @@ class MemmapSource:
     rows = indices[order]
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
-    return {k: np.asarray(self.columns[k][rows])[inverse] for k in BATCH_KEYS}
+    batch = {k: np.asarray(self.columns[k][rows]) for k in BATCH_KEYS}
+    if self._check is not None:
+      self._check(batch, rows)
+    return {k: v[inverse] for k, v in batch.items()}
 
 
 class DeviceSource:
@@ -184,40 +230,56 @@ def read_split_from_tfds(builder, split: str, batch: int = 64) -> dict[str, np.n
 
 
 def load(data_config) -> Dataset:
+  """The prepared splits (preparing first if needed), checked as
+  `integrity` describes: a damaged file is a PreparedDataError naming it."""
   builder = prepare(data_config)
+  folder = os.fspath(builder.data_path)
   schema = read_schema(builder)
   src = schema.source
   log.info("%s: prepared data in %s (from %s %s, checksum %s)", data_config.name,
-           builder.data_path, src.get("kind"), src.get("path"), src.get("checksum"))
+           folder, src.get("kind"), src.get("path"), src.get("checksum"))
+  if not src.get("prepared_files"):
+    log.info("%s: prepared before file checksums were recorded: shapes, sizes and "
+             "value ranges are checked, the files' contents beyond that are not (not "
+             "even by --verify)", folder)
   placement = _get(data_config, "placement", "auto")
+  if placement not in ("auto", "host", "stream", "device"):
+    raise rc.ConfigError(f"config.data.placement={placement!r}; expected auto, host, "
+                     "stream or device")
   max_host = int(_get(data_config, "max_host_bytes", 8 << 30))
-  base = os.path.join(os.fspath(builder.data_path), rc.COLUMNAR_DIR)
+  base = os.path.join(folder, rc.COLUMNAR_DIR)
   splits = {}
   for split in SPLITS:
     split_dir = os.path.join(base, split)
+    where = lambda key, d=split_dir: os.path.join(d, key + ".npy")
     if not os.path.isdir(split_dir):
       log.warning("%s: no columnar files, reading the TFDS array_record files", split_dir)
       cols = read_split_from_tfds(builder, split)
+      integrity.check_values(
+          cols, schema, lambda key, s=split: os.path.join(folder, f"*-{s}.array_record*"),
+          folder)
       splits[split] = DeviceSource(cols) if placement == "device" else ArraySource(cols)
       continue
+    rows = src.get("num_rows", {}).get(split)
+    if not isinstance(rows, int):
+      raise integrity.damaged(os.path.join(folder, rc.SCHEMA_FILE),
+                              f"no row count of split {split!r} (source.num_rows)", folder)
+    integrity.check_split_files(split_dir, schema, rows, folder)
     mode = placement
     if mode == "auto":
       mode = "host" if _split_bytes(split_dir) <= max_host else "stream"
-    if mode == "host":
-      splits[split] = ArraySource(rc.load_columnar(split_dir, mmap=False))
-    elif mode == "stream":
-      splits[split] = MemmapSource(split_dir)
-    elif mode == "device":
-      splits[split] = DeviceSource(rc.load_columnar(split_dir, mmap=True))
-    else:
-      raise ValueError(f"config.data.placement={placement!r}; expected auto, host, "
-                       "stream or device")
-    expected = src.get("num_rows", {}).get(split)
-    if expected is not None and len(splits[split]) != expected:
-      raise rc.RawDataError(
-          f"{split_dir}: {len(splits[split])} rows but the schema records {expected}; "
-          "the prepared data is damaged, delete the folder and prepare again")
+    if mode == "stream":
+      splits[split] = MemmapSource(split_dir, functools.partial(
+          _check_batch, schema=schema, where=where, folder=folder))
+      continue
+    cols = rc.load_columnar(split_dir, mmap=mode == "device")
+    integrity.check_values(cols, schema, where, folder)
+    splits[split] = ArraySource(cols) if mode == "host" else DeviceSource(cols)
   return Dataset(schema=schema, splits=splits)
+
+
+def _check_batch(batch, rows, *, schema, where, folder) -> None:
+  integrity.check_values(batch, schema, where, folder, rows=rows)
 
 
 def main(argv):
@@ -229,10 +291,15 @@ def main(argv):
   schema = read_schema(builder)
   print(f"prepared: {builder.data_path}")
   print(rc.format_counts(schema))
+  if "verify" in flags.FLAGS and flags.FLAGS.verify:
+    print(integrity.verify(os.fspath(builder.data_path), schema, SPLITS, rc.COLUMNAR_DIR))
 
 
 if __name__ == "__main__":
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from m3oe_jax import cli  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", None, "experiment config (configs/*.py[:VARIANT])")
+  flags.DEFINE_bool("verify", False, "also read every prepared file in full: value "
+                    "ranges, and CRC-32s against those recorded at preparation")
   cli.run(main)
