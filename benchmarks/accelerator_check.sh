@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Speed on one accelerator, in one run: the figures the README's accelerator table
 # holds (pure step and end-to-end epoch, float32 and bfloat16, batch 4096 with and
-# without several steps per call, 65536 and 262144). About 10 minutes on one H200.
+# without several steps per call, 65536 and 262144), and the embedding gradient with
+# heavily repeated ids. About 10 minutes on one H200.
 #
 #   OUT=/tmp/check bash benchmarks/accelerator_check.sh
 #
@@ -37,6 +38,10 @@ if [ "$MODEL_SIZE" = paper ]; then
     --eval_batch_sizes="$SMALL,$LARGE" --dtypes=float32,bfloat16 --repeats=5 \
     --examples_per_run="$EXAMPLES" --json="$OUT/step.json" 2>&1 | quiet | tee "$OUT/step.txt"
 fi
+
+echo "== embedding gradient: uniform against heavily repeated ids (the jaxlib scatter-add regression)"
+timeout 300 python3 benchmarks/bench_embedding_grad.py --json="$OUT/embedding_grad.json" 2>&1 \
+  | quiet | tee "$OUT/embedding_grad.txt"
 
 echo "== end to end: whole epochs of train_and_evaluate against the same k-step call"
 timeout 900 python3 benchmarks/bench_end_to_end.py --rows="$ROWS" --model_size="$MODEL_SIZE" \
