@@ -38,7 +38,7 @@ import ml_collections
 
 from m3oe_jax.config_utils import add_paper_training, parse_arg, shrink_to_tiny, with_tuples
 
-TESTDATA = pathlib.Path(__file__).resolve().parents[1] / "m3oe_jax" / "data" / "testdata"
+TESTDATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "testdata"
 TINY_ARCHIVE = TESTDATA / "ml-1m-tiny.zip"
 TINY_ARCHIVE_SHA256 = (
     "sha256:b4404c770a221ec725a35f36c183882582a3c213ac057011d83500154f478550")

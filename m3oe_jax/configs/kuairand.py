@@ -64,7 +64,7 @@ import ml_collections
 
 from m3oe_jax.config_utils import add_paper_training, parse_arg, shrink_to_tiny, with_tuples
 
-TESTDATA = pathlib.Path(__file__).resolve().parents[1] / "m3oe_jax" / "data" / "testdata"
+TESTDATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "testdata"
 TINY_ARCHIVE = TESTDATA / "KuaiRand-Pure-tiny.tar.gz"
 TINY_ARCHIVE_MD5 = "md5:572b19fc2893ed27f89d0f21d66c82e3"
 

@@ -1,0 +1,1 @@
+"""Sweep configs for `python -m m3oe_jax.sweep`."""
