@@ -192,6 +192,29 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   sharding.check_config(config.mesh)
 
 
+def _note_finished_run(progress: checkpoint.Progress, num_epochs: int) -> None:
+  """Says why a resumed run that trains no further only re-reports its test
+  metrics, whatever `config.num_epochs` now says."""
+  trained = f"{progress.epoch} epochs" + (
+      f" and {progress.batch} batches of the next" if progress.batch else "")
+  if progress.stopped_early:
+    logging.info(
+        "this run stopped early after %s (no better validation mean AUC for %d epochs; "
+        "best epoch %s); re-reporting its test metrics. config.num_epochs=%d changes "
+        "nothing: a run that stopped early does not continue; train in a new --workdir "
+        "to train again.", trained, progress.epochs_without_improvement,
+        progress.best_epoch, num_epochs)
+  elif progress.epoch > num_epochs or (progress.epoch == num_epochs and progress.batch):
+    logging.warning(
+        "this run already trained %s, more than config.num_epochs=%d; re-reporting the "
+        "test metrics of that longer run (best epoch %s). Nothing is trained or undone; "
+        "to train %d epochs, use a new --workdir.", trained, num_epochs,
+        progress.best_epoch, num_epochs)
+  elif progress.epoch == num_epochs:
+    logging.info("this run finished its %d epochs; re-reporting its test metrics (a larger "
+                 "config.num_epochs continues it).", num_epochs)
+
+
 class _PreemptionWatch:
   """Notes SIGTERM so the loop can save at the current step and exit cleanly.
 
@@ -460,6 +483,7 @@ def _train_then_test(config, workdir: epath.Path, preemption: _PreemptionWatch, 
     state, progress, which, step = resumed
     logging.info("resumed from %s at step %d (epoch %d, batch %d)",
                  store.root / which / str(step), step, progress.epoch, progress.batch)
+    _note_finished_run(progress, config.num_epochs)
 
   def advice() -> str:
     kept = ("No checkpoint of this run was saved before it." if not store.checkpoints() else
