@@ -373,15 +373,17 @@ def test_user_mistakes_are_one_line_without_a_traceback(tmp_path):
 
 _TRAIN_IN_ONE_PROCESS = """
 import contextlib, io, json, sys, traceback
-from absl import flags
+from absl import flags, logging
 from m3oe_jax import cli, train
 results = []
 for argv in json.loads(sys.argv[1]):
   for name in [n for n in flags.FLAGS if n.startswith("config.")]:
     delattr(flags.FLAGS, name)  # the overrides ml_collections defined for the last run
   flags.FLAGS.unparse_flags()
+  logging.set_verbosity(logging.INFO)  # as in a new process: log lines count too
   sys.argv = ["m3oe_jax.train"] + argv
   err, code = io.StringIO(), 0
+  logging.get_absl_handler().python_handler.setStream(err)
   with contextlib.redirect_stderr(err):
     try:
       cli.run(train.main)
