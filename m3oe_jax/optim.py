@@ -35,7 +35,7 @@ import ml_collections
 import optax
 
 from m3oe_jax import losses
-from m3oe_jax.errors import ConfigError
+from m3oe_jax.errors import ConfigError, is_number, is_whole
 from m3oe_jax.models import ARCH_GROUP, MODEL_GROUP, has_arch_weights, param_groups
 
 SCHEDULES = ("reference", "paper", "darts", "none")
@@ -70,30 +70,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for name in ("train_loss", "arch_loss"):
     losses.check_name(config.get(name, "mean"), name)
   for name in ("model_lr", "arch_lr"):
-    if not _number(config[name]) or not config[name] > 0:
+    if not is_number(config[name]) or not config[name] > 0:
       raise ConfigError(f"config.optimizer.{name} must be > 0, got {config[name]!r}")
-  if not _number(config.weight_decay) or config.weight_decay < 0:
+  if not is_number(config.weight_decay) or config.weight_decay < 0:
     raise ConfigError("config.optimizer.weight_decay must be >= 0, got "
                       f"{config.weight_decay!r}")
   every, factor = config.get("lr_decay_every_epochs", 0), config.get("lr_decay_factor", 1.0)
-  if not _whole(every) or every < 0:
+  if not is_whole(every) or every < 0:
     raise ConfigError("config.optimizer.lr_decay_every_epochs must be a whole number >= 0 "
                       f"(0: a constant learning rate), got {every!r}")
-  if not _number(factor) or not 0 < factor <= 1:
+  if not is_number(factor) or not 0 < factor <= 1:
     raise ConfigError(f"config.optimizer.lr_decay_factor must be in (0, 1], got {factor!r}")
   if config.schedule == "darts":
     arch_every = config.get("arch_every_steps", 1)
-    if not _whole(arch_every) or arch_every < 1:
+    if not is_whole(arch_every) or arch_every < 1:
       raise ConfigError("config.optimizer.arch_every_steps must be >= 1 for schedule "
                         f"'darts', got {arch_every!r}")
-
-
-def _number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _whole(value) -> bool:
-  return _number(value) and float(value).is_integer()
 
 
 def effective_schedule(config: ml_collections.ConfigDict, params) -> str:

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from m3oe_jax.errors import ConfigError
+from m3oe_jax.errors import ConfigError, is_whole
 
 AXES = ("data", "model")
 
@@ -31,7 +31,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   count is checked by `make_mesh`)."""
   for name, least in (("model", 1), ("data", -1)):
     value = config[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value < least or value == 0:
+    if not is_whole(value) or value < least or value == 0:
       raise ConfigError(f"config.mesh.{name} must be a whole number >= 1"
                         + (" or -1 (every device not used by the other axes)"
                            if least == -1 else "") + f", got {value!r}")
@@ -39,7 +39,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.mesh.embedding_axis={config.embedding_axis!r}; "
                       f"expected '' or one of {AXES}")
   budget = config.get("device_memory_budget_bytes", 0)
-  if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
+  if not is_whole(budget) or budget < 0:
     raise ConfigError("config.mesh.device_memory_budget_bytes must be a whole number >= 0 "
                       f"(0: no check), got {budget!r}")
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from m3oe_jax.data.pipeline import SPLITS, ArraySource, Dataset
 from m3oe_jax.data.schema import FeatureSchema
-from m3oe_jax.errors import ConfigError
+from m3oe_jax.errors import ConfigError, is_number, is_whole
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -30,20 +30,20 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   three non-empty splits."""
   for name, least in (("num_rows", 1), ("num_domains", 1), ("num_tasks", 1),
                       ("latent_dim", 1), ("num_dense", 0), ("seed", 0)):
-    if not _whole(config[name]) or config[name] < least:
+    if not is_whole(config[name]) or config[name] < least:
       raise ConfigError(f"config.data.{name}={config[name]!r} must be a whole number "
                         f">= {least}")
   vocabs = config.vocab_sizes
   if (not isinstance(vocabs, (tuple, list)) or len(vocabs) < 2
-      or not all(_whole(v) and v >= 1 for v in vocabs)):
+      or not all(is_whole(v) and v >= 1 for v in vocabs)):
     raise ConfigError(f"config.data.vocab_sizes={vocabs!r} needs at least two features "
                       "(user, item), each a whole number >= 1")
   skew = config.domain_skew
-  if not _number(skew) or not 0 <= skew < np.inf:
+  if not is_number(skew) or not 0 <= skew < np.inf:
     raise ConfigError(f"config.data.domain_skew={skew!r} must be a finite number >= 0")
   split = config.split
   if (not isinstance(split, (tuple, list)) or len(split) != 3
-      or not all(_number(f) and f > 0 for f in split) or abs(sum(split) - 1) > 1e-6):
+      or not all(is_number(f) and f > 0 for f in split) or abs(sum(split) - 1) > 1e-6):
     raise ConfigError(f"config.data.split={split!r} must be three positive fractions "
                       "(train, validation, test) summing to 1, e.g. (0.8, 0.1, 0.1)")
   bounds = _bounds(int(config.num_rows), split)
@@ -53,14 +53,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.data.num_rows={config.num_rows} leaves the {' and '.join(empty)} "
                       f"split empty with config.data.split={tuple(split)}; raise num_rows "
                       f"to at least {enough}")
-
-
-def _number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _whole(value) -> bool:
-  return _number(value) and float(value).is_integer()
 
 
 def _bounds(num_rows: int, split) -> np.ndarray:

@@ -42,7 +42,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from m3oe_jax.errors import ConfigError
+from m3oe_jax.errors import ConfigError, is_number, is_whole
 from m3oe_jax.models.layers import Embeddings
 
 # Fields every model takes, filled from the dataset's schema...
@@ -100,10 +100,10 @@ class RankingModel(nn.Module):
     options of its own extends it."""
     for name in ("embed_dim", "embed_rows_multiple"):
       value = getattr(self, name)
-      if not _whole(value) or value < 1:
+      if not is_whole(value) or value < 1:
         raise ConfigError(f"config.model.{name}={value!r} must be a whole number >= 1")
     std = self.embed_init_std
-    if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 <= std < np.inf:
+    if not is_number(std) or not 0 <= std < np.inf:
       raise ConfigError(f"config.model.embed_init_std={std!r} must be a finite number >= 0")
     resolve_dtype(self.dtype)
 
@@ -124,15 +124,9 @@ class RankingModel(nn.Module):
     naming them as config fields."""
     for name, value in values.items():
       flat = value if isinstance(value, (tuple, list)) else (value,)
-      if not all(_whole(v) and v >= 1 for v in flat):
+      if not all(is_whole(v) and v >= 1 for v in flat):
         what = "positive integers" if flat is value else "a positive integer"
         raise ConfigError(f"config.model.{self.NAME}.{name}={value!r} must be {what}")
-
-
-def _whole(value) -> bool:
-  return (isinstance(value, (int, float, np.integer, np.floating))
-          and not isinstance(value, (bool, np.bool_)) and np.isfinite(value)
-          and int(value) == value)
 
 
 def model_options(cls: type[RankingModel]) -> dict[str, Any]:
