@@ -83,6 +83,8 @@ def _flag_error_message(error: Exception, argv) -> str:
   unknown = _unknown_override(argv)
   if unknown:
     return unknown
+  if isinstance(error, OSError):  # a config file that does not load, without an override
+    return f"cannot load a config file ({_os_error_detail(text)})"
   return f"the command line does not parse ({type(error).__name__}: {text})"
 
 
@@ -96,6 +98,8 @@ def _unknown_override(argv) -> str | None:
     name, path = arg.split(".", 1)
     try:
       node = load_config_file(values[name])
+    except OSError as e:
+      return _cannot_load(name, str(e))
     except Exception:  # pylint: disable=broad-except
       return None
     where = name
@@ -124,10 +128,18 @@ def config_value(config_flag) -> object:
     value.keys()  # a config that failed to load raises here
     return value
   except OSError as e:
-    first = str(e).split("\n")
-    detail = [line.strip() for line in first if line.strip().startswith("[Errno")]
-    raise ConfigError(f"--{config_flag.name}: cannot load the config file "
-                      f"({detail[-1] if detail else first[0]})") from None
+    raise ConfigError(_cannot_load(config_flag.name, str(e))) from None
+
+
+def _cannot_load(flag: str, text: str) -> str:
+  return f"--{flag}: cannot load the config file ({_os_error_detail(text)})"
+
+
+def _os_error_detail(text: str) -> str:
+  """The `[Errno N] ...` line of an OSError's message, else its first line."""
+  lines = [line.strip() for line in text.split("\n") if line.strip()]
+  detail = [line for line in lines if line.startswith("[Errno")]
+  return detail[-1] if detail else (lines[0] if lines else text)
 
 
 def start(argv) -> None:

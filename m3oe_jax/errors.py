@@ -8,6 +8,9 @@ The commands print it without a traceback and exit with status 2
 traceback too). Any other exception is a bug and keeps its traceback.
 """
 
+import math
+import numbers
+
 
 class UserError(Exception):
   """An error in the user's input; its message says what to do."""
@@ -28,3 +31,13 @@ class MissingCheckpointError(WorkdirError, FileNotFoundError):
 
 class DiskFullError(WorkdirError):
   """The workdir's storage ran out of space."""
+
+
+def is_number(value) -> bool:
+  """Whether a config value is a real number (a bool is not)."""
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_whole(value) -> bool:
+  """Whether a config value is a finite whole number (1 and 1.0 are)."""
+  return is_number(value) and math.isfinite(value) and float(value).is_integer()

@@ -1,6 +1,7 @@
 """Exports a trained model for serving: `python -m m3oe_jax.export --workdir=DIR --out=DIR`.
 
-Writes two files into `--out`:
+Writes two files into the folder `--out` (created if missing; in an existing
+folder only these two files are replaced):
 
   predict.jaxexport  `jax.export.export(jax.jit(predict)).serialize()`: a
                      StableHLO module of `predict(batch) -> probabilities [b, T]`
@@ -35,11 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from m3oe_jax.errors import MissingCheckpointError
+from m3oe_jax.errors import ConfigError, MissingCheckpointError
 
 SCHEMA_VERSION = 1
 PREDICT_FILE = "predict.jaxexport"
 SCHEMA_FILE = "schema.json"
+# The platforms `jax.export` lowers for.
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 # How each prepared dataset transforms a dense value before its min-max scaling.
 _DENSE_TRANSFORMS = {
@@ -208,12 +211,52 @@ def encode_rows(serving: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str
   return {"sparse": sparse, "dense": dense, "domain": domain}
 
 
+def check_platforms(platforms: tuple[str, ...] | None) -> None:
+  """Refuses platforms `jax.export` does not lower for, or one named twice."""
+  if platforms is None:
+    return
+  unknown = [p for p in platforms if p not in PLATFORMS]
+  if unknown or len(set(platforms)) != len(platforms):
+    raise ConfigError(f"--platforms={','.join(platforms)}: "
+                      + (f"unknown platforms {unknown}" if unknown else "a platform is repeated")
+                      + f"; give a comma-separated list of {', '.join(PLATFORMS)} (empty: "
+                      "this machine's default backend)")
+
+
+def check_out(out: str) -> None:
+  """Refuses an `--out` that cannot be the export's folder: an existing file,
+  a folder holding something other than a file where an export file goes, or
+  a path under a file or in a folder that cannot be written. An existing folder
+  is fine: only the export's two files in it are replaced."""
+  from m3oe_jax import paths  # pylint: disable=g-import-not-at-top
+  if paths.is_url(out):
+    return
+  folder = os.fspath(paths.resolve(out))
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise ConfigError(f"--out={out} exists and is not a folder; --out names the folder to "
+                      f"write {PREDICT_FILE} and {SCHEMA_FILE} into (created if missing)")
+  for name in (PREDICT_FILE, SCHEMA_FILE):
+    path = os.path.join(folder, name)
+    if os.path.lexists(path) and not os.path.isfile(path):
+      raise ConfigError(f"--out={out}: {path} exists and is not a file; move it away or "
+                        "choose another --out")
+  ancestor = folder
+  while not os.path.exists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    raise ConfigError(f"--out={out}: {ancestor} is a file, so the folder cannot be created")
+  if not os.access(ancestor, os.W_OK | os.X_OK):
+    raise ConfigError(f"--out={out}: cannot write in {ancestor}")
+
+
 def export_checkpoint(workdir: str, out: str, which: str = "best",
                       platforms: tuple[str, ...] | None = None,
                       data_dir: str | None = None) -> dict[str, str]:
   """Writes predict.jaxexport and schema.json of `workdir`'s checkpoint into `out`."""
   from m3oe_jax import checkpoint, paths  # pylint: disable=g-import-not-at-top
   from m3oe_jax.models import build_model  # pylint: disable=g-import-not-at-top
+  check_out(out)
+  check_platforms(platforms)
   if not checkpoint.saved_steps(workdir, which):
     raise FileNotFoundError(f"no {which} checkpoint under {paths.resolve(workdir) / 'checkpoints'}"
                             f": nothing to export (train first, or pick --which=latest)")
@@ -238,7 +281,7 @@ def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
-  platforms = tuple(p for p in f.platforms.split(",") if p) or None
+  platforms = tuple(p.strip() for p in f.platforms.split(",") if p.strip()) or None
   try:
     paths = export_checkpoint(f.workdir, f.out, f.which, platforms, f.data_dir or None)
   except FileNotFoundError as e:
@@ -252,7 +295,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("out", None, "Where to write predict.jaxexport and schema.json.")
   flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint.")
   flags.DEFINE_string("platforms", "", "Comma-separated platforms to lower for "
-                      "(cpu, cuda, tpu); empty: this machine's default backend.")
+                      "(cpu, cuda, rocm, tpu); empty: this machine's default backend.")
   flags.DEFINE_string("data_dir", "", "Where the data was prepared, if not the "
                       "checkpoint's config.data.data_dir (for the vocabularies).")
   flags.mark_flags_as_required(["workdir", "out"])

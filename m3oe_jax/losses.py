@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from m3oe_jax.errors import ConfigError
+
 
 def group_bce(logits: jax.Array, labels: jax.Array, domain: jax.Array,
               mask: jax.Array, num_domains: int) -> jax.Array:
@@ -47,12 +49,17 @@ LOSSES = {"mdmt": mdmt_loss, "mean": mean_loss}
 CHOICES = tuple(LOSSES) + ("reference",)
 
 
+def check_name(name: str, field: str = "loss") -> None:
+  """Refuses a `config.optimizer.<field>` that names no loss."""
+  if not isinstance(name, str) or name not in CHOICES:
+    raise ConfigError(f"config.optimizer.{field}={name!r}; expected one of {CHOICES}")
+
+
 def resolve(name: str, num_domains: int, num_tasks: int, field: str = "loss") -> str:
   """The loss a config's `name` means for data of this shape ('mdmt' or 'mean')."""
+  check_name(name, field)
   if name == "reference":
     return "mdmt" if (num_domains, num_tasks) == (3, 2) else "mean"
-  if name not in LOSSES:
-    raise ValueError(f"config.optimizer.{field}={name!r}; expected one of {CHOICES}")
   return name
 
 

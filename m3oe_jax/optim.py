@@ -34,6 +34,8 @@ import jax
 import ml_collections
 import optax
 
+from m3oe_jax import losses
+from m3oe_jax.errors import ConfigError, is_number, is_whole
 from m3oe_jax.models import ARCH_GROUP, MODEL_GROUP, has_arch_weights, param_groups
 
 SCHEDULES = ("reference", "paper", "darts", "none")
@@ -58,21 +60,42 @@ class Optimizers:
   arch_tx_trains: frozenset = frozenset({ARCH_GROUP})
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses, before any data is prepared, a `config.optimizer` that cannot
+  train: an unknown schedule or loss, a learning rate that is not > 0, a
+  negative weight decay, a StepLR outside its range."""
+  if config.schedule not in SCHEDULES:
+    raise ConfigError(f"config.optimizer.schedule={config.schedule!r}; "
+                      f"expected one of {SCHEDULES}")
+  for name in ("train_loss", "arch_loss"):
+    losses.check_name(config.get(name, "mean"), name)
+  for name in ("model_lr", "arch_lr"):
+    if not is_number(config[name]) or not config[name] > 0:
+      raise ConfigError(f"config.optimizer.{name} must be > 0, got {config[name]!r}")
+  if not is_number(config.weight_decay) or config.weight_decay < 0:
+    raise ConfigError("config.optimizer.weight_decay must be >= 0, got "
+                      f"{config.weight_decay!r}")
+  every, factor = config.get("lr_decay_every_epochs", 0), config.get("lr_decay_factor", 1.0)
+  if not is_whole(every) or every < 0:
+    raise ConfigError("config.optimizer.lr_decay_every_epochs must be a whole number >= 0 "
+                      f"(0: a constant learning rate), got {every!r}")
+  if not is_number(factor) or not 0 < factor <= 1:
+    raise ConfigError(f"config.optimizer.lr_decay_factor must be in (0, 1], got {factor!r}")
+  if config.schedule == "darts":
+    arch_every = config.get("arch_every_steps", 1)
+    if not is_whole(arch_every) or arch_every < 1:
+      raise ConfigError("config.optimizer.arch_every_steps must be >= 1 for schedule "
+                        f"'darts', got {arch_every!r}")
+
+
 def effective_schedule(config: ml_collections.ConfigDict, params) -> str:
   """The configured schedule, or 'none' for a model without architecture weights."""
-  if config.schedule not in SCHEDULES:
-    raise ValueError(f"config.optimizer.schedule={config.schedule!r}; "
-                     f"expected one of {SCHEDULES}")
   return config.schedule if has_arch_weights(params) else "none"
 
 
 def model_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """The model learning rate: a float, or StepLR's staircase as an optax schedule."""
   every = int(config.get("lr_decay_every_epochs", 0))
-  if every < 0 or not 0 < config.get("lr_decay_factor", 1.0) <= 1:
-    raise ValueError("config.optimizer.lr_decay_every_epochs must be >= 0 and "
-                     "config.optimizer.lr_decay_factor in (0, 1], got "
-                     f"{every} and {config.get('lr_decay_factor')}")
   if every == 0:
     return config.model_lr
   return optax.exponential_decay(config.model_lr, transition_steps=every * steps_per_epoch,
@@ -81,12 +104,8 @@ def model_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int)
 
 def make_optimizers(config: ml_collections.ConfigDict, params,
                     steps_per_epoch: int = 1) -> Optimizers:
+  check_config(config)
   schedule = effective_schedule(config, params)
-  for name in ("model_lr", "arch_lr"):
-    if not config[name] > 0:
-      raise ValueError(f"config.optimizer.{name} must be > 0, got {config[name]}")
-  if config.weight_decay < 0:
-    raise ValueError(f"config.optimizer.weight_decay must be >= 0, got {config.weight_decay}")
   labels = param_groups(params)
   model_lr = model_learning_rate(config, steps_per_epoch)
   model_adam = adam_with_l2(model_lr, config.weight_decay)

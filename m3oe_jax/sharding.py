@@ -20,17 +20,35 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from m3oe_jax.errors import ConfigError
+from m3oe_jax.errors import ConfigError, is_whole
 
 AXES = ("data", "model")
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses, before any data is prepared, mesh settings that fit no devices:
+  axis sizes, an unknown embedding axis, a negative memory budget (the device
+  count is checked by `make_mesh`)."""
+  for name, least in (("model", 1), ("data", -1)):
+    value = config[name]
+    if not is_whole(value) or value < least or value == 0:
+      raise ConfigError(f"config.mesh.{name} must be a whole number >= 1"
+                        + (" or -1 (every device not used by the other axes)"
+                           if least == -1 else "") + f", got {value!r}")
+  if config.embedding_axis and config.embedding_axis not in AXES:
+    raise ConfigError(f"config.mesh.embedding_axis={config.embedding_axis!r}; "
+                      f"expected '' or one of {AXES}")
+  budget = config.get("device_memory_budget_bytes", 0)
+  if not is_whole(budget) or budget < 0:
+    raise ConfigError("config.mesh.device_memory_budget_bytes must be a whole number >= 0 "
+                      f"(0: no check), got {budget!r}")
+
+
 def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
+  check_config(config)
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   data, model = int(config.data), int(config.model)
-  if model < 1:
-    raise ConfigError(f"config.mesh.model must be >= 1, got {model}")
   if data == -1:
     if n % model:
       raise ConfigError(f"config.mesh.model={model} does not divide the {n} devices")
@@ -39,9 +57,6 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
     raise ConfigError(
         f"config.mesh: data={data} x model={model} = {data * model} devices, "
         f"but {n} are available; the axis sizes must multiply to the device count")
-  if config.embedding_axis and config.embedding_axis not in AXES:
-    raise ConfigError(f"config.mesh.embedding_axis={config.embedding_axis!r}; "
-                     f"expected '' or one of {AXES}")
   mesh_devices = np.asarray(devices).reshape(data, model)
   _check_processes(mesh_devices)
   return Mesh(mesh_devices, AXES, axis_types=(AxisType.Auto,) * len(AXES))

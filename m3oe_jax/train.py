@@ -26,8 +26,8 @@ from jax.experimental import multihost_utils
 from jax.experimental.compilation_cache import compilation_cache
 from ml_collections import config_flags
 
-from m3oe_jax import checkpoint, cli, metrics, paths, run_identity, sharding
-from m3oe_jax.data import load_dataset, pipeline
+from m3oe_jax import checkpoint, cli, data, metrics, models, optim, paths, run_identity, sharding
+from m3oe_jax.data import load_dataset, pipeline, variants
 from m3oe_jax.errors import ConfigError, DiskFullError, UserError, WorkdirError
 from m3oe_jax.trainer import Trainer
 from m3oe_jax.workdir_lock import WorkdirLock
@@ -159,7 +159,8 @@ def _numbers(node, prefix="config"):
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Refuses, before anything is prepared or compiled, config values that
-  cannot train: non-finite numbers, counts below 1, negative rates."""
+  cannot train: non-finite numbers, counts below 1, unknown choices; each
+  section is checked by the module that uses it."""
   for name, value in _numbers(config):
     if not math.isfinite(value):
       raise ConfigError(f"{name}={value}: every number in the config must be finite")
@@ -167,17 +168,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                "checkpoint_every_steps", "patience"):
     if int(config[name]) < 1 or int(config[name]) != config[name]:
       raise ConfigError(f"config.{name} must be a whole number >= 1, got {config[name]}")
-  optimizer = config.optimizer
-  if not optimizer.model_lr > 0:
-    raise ConfigError(f"config.optimizer.model_lr must be > 0, got {optimizer.model_lr}")
-  for name in ("arch_lr", "weight_decay", "lr_decay_every_epochs"):
-    if optimizer.get(name, 0) < 0:
-      raise ConfigError(f"config.optimizer.{name} must be >= 0, got {optimizer[name]}")
-  if not optimizer.get("lr_decay_factor", 1.0) > 0:
-    raise ConfigError("config.optimizer.lr_decay_factor must be > 0, got "
-                      f"{optimizer.lr_decay_factor}")
-  if optimizer.schedule == "darts" and int(optimizer.arch_every_steps) < 1:
-    raise ConfigError("config.optimizer.arch_every_steps must be >= 1 for schedule 'darts'")
   factor = config.get("divergence_factor", DIVERGENCE_FACTOR)
   if factor != 0 and not factor > 1:
     raise ConfigError(f"config.divergence_factor must be 0 (no check) or > 1, got {factor}")
@@ -194,6 +184,35 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.get("test_weights", "best") not in TEST_WEIGHTS:
     raise ConfigError(f"config.test_weights={config.test_weights!r}; expected one of "
                       f"{TEST_WEIGHTS}")
+  models.check_config(config.model)
+  optim.check_config(config.optimizer)
+  data.check_config(config.data)
+  if "variant" in config:
+    variants.check_config(config.variant)
+  sharding.check_config(config.mesh)
+
+
+def _note_finished_run(progress: checkpoint.Progress, num_epochs: int) -> None:
+  """Says why a resumed run that trains no further only re-reports its test
+  metrics, whatever `config.num_epochs` now says."""
+  trained = f"{progress.epoch} epochs" + (
+      f" and {progress.batch} batches of the next" if progress.batch else "")
+  if progress.stopped_early:
+    logging.info(
+        "this run stopped early after %s (no better validation mean AUC for %d epochs; "
+        "best epoch %s); re-reporting its test metrics. config.num_epochs=%d changes "
+        "nothing: a run that stopped early does not continue; train in a new --workdir "
+        "to train again.", trained, progress.epochs_without_improvement,
+        progress.best_epoch, num_epochs)
+  elif progress.epoch > num_epochs or (progress.epoch == num_epochs and progress.batch):
+    logging.warning(
+        "this run already trained %s, more than config.num_epochs=%d; re-reporting the "
+        "test metrics of that longer run (best epoch %s). Nothing is trained or undone; "
+        "to train %d epochs, use a new --workdir.", trained, num_epochs,
+        progress.best_epoch, num_epochs)
+  elif progress.epoch == num_epochs:
+    logging.info("this run finished its %d epochs; re-reporting its test metrics (a larger "
+                 "config.num_epochs continues it).", num_epochs)
 
 
 class _PreemptionWatch:
@@ -464,6 +483,7 @@ def _train_then_test(config, workdir: epath.Path, preemption: _PreemptionWatch, 
     state, progress, which, step = resumed
     logging.info("resumed from %s at step %d (epoch %d, batch %d)",
                  store.root / which / str(step), step, progress.epoch, progress.batch)
+    _note_finished_run(progress, config.num_epochs)
 
   def advice() -> str:
     kept = ("No checkpoint of this run was saved before it." if not store.checkpoints() else

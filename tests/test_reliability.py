@@ -8,7 +8,9 @@ Tests marked `slow` start real processes or train several tiny runs;
 
 import glob
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -365,3 +367,143 @@ def test_user_mistakes_are_one_line_without_a_traceback(tmp_path):
   _, stderr = verbose.communicate(timeout=300)
   assert verbose.returncode != 0 and "Traceback" in stderr
   assert "MissingCheckpointError" in stderr
+
+
+# Every config mistake is one line, before anything is prepared.
+
+_TRAIN_IN_ONE_PROCESS = """
+import contextlib, io, json, sys, traceback
+from absl import flags, logging
+from m3oe_jax import cli, train
+results = []
+for argv in json.loads(sys.argv[1]):
+  for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+    delattr(flags.FLAGS, name)  # the overrides ml_collections defined for the last run
+  flags.FLAGS.unparse_flags()
+  logging.set_verbosity(logging.INFO)  # as in a new process: log lines count too
+  sys.argv = ["m3oe_jax.train"] + argv
+  err, code = io.StringIO(), 0
+  logging.get_absl_handler().python_handler.setStream(err)
+  with contextlib.redirect_stderr(err):
+    try:
+      cli.run(train.main)
+    except SystemExit as e:
+      code = e.code
+    except BaseException:  # what the interpreter would print, with status 1
+      traceback.print_exc()
+      code = 1
+  results.append({"code": code, "stderr": err.getvalue()})
+print(json.dumps(results))
+"""
+
+SYNTHETIC, MOVIELENS, KUAIRAND = ("configs/synthetic.py:tiny", "configs/movielens.py:tiny_offline",
+                                  "configs/kuairand.py:tiny_offline")
+CONFIG_MISTAKES = [
+    (SYNTHETIC, "model.name=foo", "config.model.name='foo'"),
+    (SYNTHETIC, "model.m3oe.fcn_dims=(0,)", "config.model.m3oe.fcn_dims=(0,)"),
+    (SYNTHETIC, "model.embed_dim=0", "config.model.embed_dim=0"),
+    (SYNTHETIC, "model.dtype=float16", "config.model.dtype='float16'"),
+    (SYNTHETIC + ",model=mlp", "model.mlp.fcn_dims=()", "config.model.mlp.fcn_dims=()"),
+    (SYNTHETIC + ",model=star", "model.star.variant=bogus", "config.model.star.variant='bogus'"),
+    (SYNTHETIC + ",model=adatt", "model.adatt.num_levels=0", "config.model.adatt.num_levels=0"),
+    (SYNTHETIC + ",model=adatt_sp", "model.adatt_sp.expert_dims=()",
+     "config.model.adatt_sp.expert_dims=()"),
+    (SYNTHETIC + ",model=m2m", "model.m2m.hidden=0", "config.model.m2m.hidden=0"),
+    (SYNTHETIC + ",model=mmoe", "model.mmoe.num_experts=0", "config.model.mmoe.num_experts=0"),
+    (SYNTHETIC + ",model=ple", "model.ple.num_shared_experts=0",
+     "config.model.ple.num_shared_experts=0"),
+    (SYNTHETIC + ",model=shared_bottom", "model.shared_bottom.norm=bogus",
+     "config.model.shared_bottom.norm='bogus'"),
+    (SYNTHETIC, "optimizer.schedule=bogus", "config.optimizer.schedule='bogus'"),
+    (SYNTHETIC, "optimizer.train_loss=bogus", "config.optimizer.train_loss='bogus'"),
+    (SYNTHETIC, "optimizer.arch_loss=bogus", "config.optimizer.arch_loss='bogus'"),
+    (SYNTHETIC, "optimizer.arch_lr=0.0", "config.optimizer.arch_lr must be > 0"),
+    (SYNTHETIC, "optimizer.lr_decay_factor=1.5", "config.optimizer.lr_decay_factor"),
+    (SYNTHETIC, "data.name=bogus", "config.data.name='bogus'"),
+    (SYNTHETIC, "data.split=(0.5,0.1,0.1)", "config.data.split=(0.5, 0.1, 0.1)"),
+    (SYNTHETIC, "data.num_rows=5", "config.data.num_rows=5"),
+    (SYNTHETIC, "data.num_domains=0", "config.data.num_domains=0"),
+    (SYNTHETIC, "data.vocab_sizes=(5,)", "config.data.vocab_sizes=(5,)"),
+    (SYNTHETIC, "variant.tasks=(0,0)", "config.variant.tasks=(0, 0)"),
+    (SYNTHETIC, "mesh.embedding_axis=rows", "config.mesh.embedding_axis='rows'"),
+    (SYNTHETIC, "mesh.model=0", "config.mesh.model"),
+    (MOVIELENS, "data.placement=bogus", "config.data.placement='bogus'"),
+    (MOVIELENS, "data.split=bogus", "config.data.split"),
+    (MOVIELENS, "data.split_ratios=(1,0,0)", "config.data.split_ratios="),
+    (MOVIELENS, "data.max_host_bytes=-1", "config.data.max_host_bytes=-1"),
+    (KUAIRAND, "data.size=2k", "config.data.size='2k'"),
+    (KUAIRAND, "data.chunk_rows=0", "config.data.chunk_rows=0"),
+    ("configs/nope.py", "seed=3", "--config: cannot load the config file"),
+]
+
+
+@pytest.fixture(scope="module")
+def config_mistakes(tmp_path_factory):
+  """Each of CONFIG_MISTAKES through `cli.run(train.main)`, all in one process
+  (its start-up is most of the cost): [(argv, exit status, stderr, tmp)]."""
+  tmp = tmp_path_factory.mktemp("mistakes")
+  runs = [[f"--config={config}", f"--workdir={tmp}/run{i}", f"--config.{override}"]
+          + ([f"--config.data.data_dir={tmp}/data{i}"] if "tiny_offline" in config else [])
+          for i, (config, override, _) in enumerate(CONFIG_MISTAKES)]
+  out = subprocess.run([sys.executable, "-c", _TRAIN_IN_ONE_PROCESS, json.dumps(runs)],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return tmp, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("index", range(len(CONFIG_MISTAKES)),
+                         ids=[c[1] for c in CONFIG_MISTAKES])
+def test_every_config_mistake_is_one_line_before_anything_is_prepared(config_mistakes, index):
+  tmp, results = config_mistakes
+  code, stderr = results[index]["code"], results[index]["stderr"]
+  lines = stderr.strip().splitlines()
+  assert code == 2 and len(lines) == 1, stderr
+  assert lines[0].startswith("m3oe_jax.train: error: ") and "Traceback" not in stderr
+  assert CONFIG_MISTAKES[index][2] in lines[0], lines[0]
+  assert not (tmp / f"run{index}").exists() and not (tmp / f"data{index}").exists()
+
+
+@pytest.mark.slow
+def test_export_flag_mistakes_are_one_line_and_write_nothing(finished, tmp_path):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("keep")
+  cases = {"out_is_a_file": ([f"--out={a_file}"], f"--out={a_file}"),
+           "out_under_a_file": ([f"--out={a_file}/out"], f"--out={a_file}/out"),
+           "unknown_platform": ([f"--out={tmp_path}/out", "--platforms=tpuu"],
+                                "--platforms=tpuu")}
+  procs = {name: subprocess.Popen(
+      [sys.executable, "-m", "m3oe_jax.export", f"--workdir={finished[0]}", *flags],
+      cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for name, (flags, _) in cases.items()}
+  for name, proc in procs.items():
+    _, stderr = proc.communicate(timeout=300)
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, (name, stderr)
+    assert lines[0].startswith(f"m3oe_jax.export: error: {cases[name][1]}"), (name, stderr)
+  assert a_file.read_text() == "keep" and not (tmp_path / "out").exists()
+
+
+def _stop_early(workdir):
+  for which in ("latest", "best"):
+    for step_dir in (workdir / "checkpoints" / which).iterdir():
+      if step_dir.name.isdigit():
+        _edit_meta(step_dir, lambda meta: meta["progress"].update(stopped_early=True))
+
+
+@pytest.mark.parametrize("num_epochs, stopped_early, message", [
+    (2, False, "this run already trained 3 epochs, more than config.num_epochs=2; "
+               "re-reporting the test metrics of that longer run"),
+    (5, True, r"this run stopped early after 3 epochs .*; re-reporting its test metrics\. "
+              "config.num_epochs=5 changes nothing"),
+])
+def test_a_finished_run_says_why_another_num_epochs_trains_nothing(
+    finished, tmp_path, caplog, num_epochs, stopped_early, message):
+  workdir = _copy(finished, tmp_path)
+  if stopped_early:
+    _stop_early(workdir)
+  steps = _step_dir(workdir, "latest").name
+  caplog.set_level(logging.INFO)
+  result = train.train_and_evaluate(tiny_train_config(num_epochs=num_epochs), str(workdir))
+  assert re.search(message, caplog.text), caplog.text[-2000:]
+  assert result["test"] == finished[1]["test"]
+  assert _step_dir(workdir, "latest").name == steps

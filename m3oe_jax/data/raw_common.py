@@ -121,17 +121,17 @@ def config_int_list(values: Any, field: str, lo: int | None = None,
 
 
 def config_ratios(values: Any) -> list[float]:
-  """The three split ratios, refused unless finite, non-negative, with a positive sum."""
+  """The three split ratios, refused unless finite and positive (a zero ratio
+  leaves its split empty)."""
   field = "config.data.split_ratios"
   try:
     ratios = [float(r) for r in values] if not isinstance(values, (str, bytes)) else None
   except (TypeError, ValueError):
     ratios = None
   if (ratios is None or len(ratios) != 3 or not all(np.isfinite(ratios))
-      or any(r < 0 for r in ratios) or sum(ratios) <= 0
-      or any(isinstance(r, (bool, str)) for r in values)):
-    raise ConfigError(f"{field}={values!r}: must be three finite non-negative numbers "
-                      "(train, validation, test) with a positive sum, e.g. [8, 1, 1]")
+      or any(r <= 0 for r in ratios) or any(isinstance(r, (bool, str)) for r in values)):
+    raise ConfigError(f"{field}={values!r}: must be three finite positive numbers "
+                      "(train, validation, test), e.g. [8, 1, 1]")
   return ratios
 
 

@@ -15,34 +15,54 @@ The domain id is also the last sparse feature, `domain`, as in the reference.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 import numpy as np
 
 from m3oe_jax.data.pipeline import SPLITS, ArraySource, Dataset
 from m3oe_jax.data.schema import FeatureSchema
+from m3oe_jax.errors import ConfigError, is_number, is_whole
 
 
-def _check(config: ml_collections.ConfigDict) -> None:
-  positive = ("num_rows", "num_domains", "num_tasks", "latent_dim")
-  for name in positive:
-    if int(config[name]) < 1:
-      raise ValueError(f"config.data.{name} must be >= 1, got {config[name]}")
-  if int(config.num_dense) < 0:
-    raise ValueError(f"config.data.num_dense must be >= 0, got {config.num_dense}")
-  if len(config.vocab_sizes) < 2 or min(config.vocab_sizes) < 1:
-    raise ValueError("config.data.vocab_sizes needs at least two features (user, item) "
-                     f"of size >= 1, got {list(config.vocab_sizes)}")
-  split = list(config.split)
-  if len(split) != 3 or min(split) <= 0 or abs(sum(split) - 1) > 1e-6:
-    raise ValueError(f"config.data.split={split} must be three positive fractions "
-                     "(train, validation, test) summing to 1")
-  if config.domain_skew < 0:
-    raise ValueError(f"config.data.domain_skew must be >= 0, got {config.domain_skew}")
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses, before any row is generated, sizes and fractions that cannot give
+  three non-empty splits."""
+  for name, least in (("num_rows", 1), ("num_domains", 1), ("num_tasks", 1),
+                      ("latent_dim", 1), ("num_dense", 0), ("seed", 0)):
+    if not is_whole(config[name]) or config[name] < least:
+      raise ConfigError(f"config.data.{name}={config[name]!r} must be a whole number "
+                        f">= {least}")
+  vocabs = config.vocab_sizes
+  if (not isinstance(vocabs, (tuple, list)) or len(vocabs) < 2
+      or not all(is_whole(v) and v >= 1 for v in vocabs)):
+    raise ConfigError(f"config.data.vocab_sizes={vocabs!r} needs at least two features "
+                      "(user, item), each a whole number >= 1")
+  skew = config.domain_skew
+  if not is_number(skew) or not 0 <= skew < np.inf:
+    raise ConfigError(f"config.data.domain_skew={skew!r} must be a finite number >= 0")
+  split = config.split
+  if (not isinstance(split, (tuple, list)) or len(split) != 3
+      or not all(is_number(f) and f > 0 for f in split) or abs(sum(split) - 1) > 1e-6):
+    raise ConfigError(f"config.data.split={split!r} must be three positive fractions "
+                      "(train, validation, test) summing to 1, e.g. (0.8, 0.1, 0.1)")
+  bounds = _bounds(int(config.num_rows), split)
+  empty = [name for name, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]) if hi <= lo]
+  if empty:
+    enough = math.ceil(2 / min(split))  # every split then gets >= 2 - 1 rows
+    raise ConfigError(f"config.data.num_rows={config.num_rows} leaves the {' and '.join(empty)} "
+                      f"split empty with config.data.split={tuple(split)}; raise num_rows "
+                      f"to at least {enough}")
+
+
+def _bounds(num_rows: int, split) -> np.ndarray:
+  """Row offsets where the train, validation and test ranges start and end."""
+  return np.round(np.cumsum([0.0] + list(split)) * num_rows).astype(int)
 
 
 def generate(config: ml_collections.ConfigDict) -> tuple[FeatureSchema, dict[str, np.ndarray]]:
   """All rows, in one columnar dict with `true_prob` [N, T] beside the batch columns."""
-  _check(config)
+  check_config(config)
   rng = np.random.default_rng(config.seed)
   n, num_d, num_t, k = (int(config.num_rows), int(config.num_domains),
                         int(config.num_tasks), int(config.latent_dim))
@@ -96,13 +116,9 @@ def generate(config: ml_collections.ConfigDict) -> tuple[FeatureSchema, dict[str
 def make_dataset(config: ml_collections.ConfigDict) -> Dataset:
   """Rows are i.i.d., so the split takes consecutive ranges of the generated rows."""
   schema, columns = generate(config)
-  n = len(columns["domain"])
-  bounds = np.round(np.cumsum([0.0] + list(config.split)) * n).astype(int)
+  bounds = _bounds(len(columns["domain"]), config.split)
   splits, true_probs = {}, {}
   for name, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
-    if hi <= lo:
-      raise ValueError(f"config.data: the {name} split of {n} rows is empty; "
-                       "raise num_rows or that split's fraction")
     splits[name] = ArraySource({k: v[lo:hi] for k, v in columns.items() if k != "true_prob"})
     true_probs[name] = columns["true_prob"][lo:hi]
   return Dataset(schema=schema, splits=splits, true_probs=true_probs)

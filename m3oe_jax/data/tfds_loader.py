@@ -47,6 +47,7 @@ from m3oe_jax.data.schema import BATCH_KEYS, FeatureSchema
 log = logging.getLogger("m3oe_jax.data")
 
 BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata")
+PLACEMENTS = ("auto", "host", "stream", "device")
 
 
 def data_dir_of(data_config) -> str:
@@ -108,6 +109,19 @@ def settings_from_config(data_config) -> dict[str, Any]:
       settings[key] = (value.to_dict() if isinstance(value, ml_collections.ConfigDict)
                        else value)
   return settings
+
+
+def check_config(data_config) -> None:
+  """Refuses, before anything is read or prepared, a placement or a preparation
+  setting (the builder's `make_config`) the dataset cannot use."""
+  placement = _get(data_config, "placement", "auto")
+  if placement not in PLACEMENTS:
+    raise rc.ConfigError(f"config.data.placement={placement!r}; expected one of {PLACEMENTS}")
+  rc.config_int(_get(data_config, "max_host_bytes", 8 << 30), "max_host_bytes", 0, None,
+                "placement 'auto': larger splits stream from disk")
+  rc.config_int(_get(data_config, "chunk_rows", 1 << 20), "chunk_rows", 1, None,
+                "rows handled at once while preparing")
+  _modules(data_config.name)[0].make_config(**settings_from_config(data_config))
 
 
 def make_builder(data_config):
@@ -243,9 +257,8 @@ def load(data_config) -> Dataset:
              "value ranges are checked, the files' contents beyond that are not (not "
              "even by --verify)", folder)
   placement = _get(data_config, "placement", "auto")
-  if placement not in ("auto", "host", "stream", "device"):
-    raise rc.ConfigError(f"config.data.placement={placement!r}; expected auto, host, "
-                     "stream or device")
+  if placement not in PLACEMENTS:
+    raise rc.ConfigError(f"config.data.placement={placement!r}; expected one of {PLACEMENTS}")
   max_host = int(_get(data_config, "max_host_bytes", 8 << 30))
   base = os.path.join(folder, rc.COLUMNAR_DIR)
   splits = {}

@@ -28,8 +28,27 @@ import numpy as np
 
 from m3oe_jax.data.pipeline import SPLITS, Dataset
 from m3oe_jax.data.schema import FeatureSchema
+from m3oe_jax.errors import ConfigError
 
 _CHUNK = 1 << 20
+
+
+def check_config(config) -> None:
+  """Refuses, before any data is prepared, a `config.variant` whose domains or
+  tasks are not lists of names and indices >= 0, each once (the names and the
+  index range are checked against the data in `select`)."""
+  for field in ("domains", "tasks"):
+    items = config[field]
+    if not isinstance(items, (tuple, list)) or not all(
+        isinstance(i, str) or (isinstance(i, int) and not isinstance(i, bool) and i >= 0)
+        for i in items):
+      raise ConfigError(f"config.variant.{field}={items!r} must be a list of names or "
+                        "indices >= 0 (empty: all)")
+    if len(set(items)) != len(items):
+      raise ConfigError(f"config.variant.{field}={tuple(items)} lists an item twice")
+  if not isinstance(config.get("per_variant_split", False), bool):
+    raise ConfigError("config.variant.per_variant_split must be True or False, got "
+                      f"{config.per_variant_split!r}")
 
 
 def _resolve(wanted: Sequence, names: Sequence[str], field: str) -> list[int]:
@@ -42,13 +61,13 @@ def _resolve(wanted: Sequence, names: Sequence[str], field: str) -> list[int]:
     elif str(item).lstrip("-").isdigit():
       index = int(item)
     else:
-      raise ValueError(f"config.variant.{field}: {item!r} is neither an index nor one of "
-                       f"{list(names)}")
+      raise ConfigError(f"config.variant.{field}: {item!r} is neither an index nor one of "
+                        f"{list(names)}")
     if not 0 <= index < len(names):
-      raise ValueError(f"config.variant.{field}: index {index} is out of range; the data has "
-                       f"{len(names)}: {list(names)}")
+      raise ConfigError(f"config.variant.{field}: index {index} is out of range; the data "
+                        f"has {len(names)}: {list(names)}")
     if index in indices:
-      raise ValueError(f"config.variant.{field}: {item!r} is listed twice")
+      raise ConfigError(f"config.variant.{field}: {item!r} is listed twice")
     indices.append(index)
   return indices
 
@@ -135,8 +154,8 @@ def select(dataset: Dataset, domains: Sequence = (), tasks: Sequence = (),
         true_probs[name] = dataset.true_probs[name][rows][:, task_ids]
   for name, source in splits.items():
     if len(source) == 0:
-      raise ValueError(f"config.variant.domains={tuple(domains)}: the {name} split has no row "
-                       "of these domains")
+      raise ConfigError(f"config.variant.domains={tuple(domains)}: the {name} split has no "
+                        "row of these domains")
   variant = {"domains": [schema.domain_names[d] for d in domain_ids],
              "tasks": [schema.task_names[t] for t in task_ids],
              "per_variant_split": bool(per_variant_split)}

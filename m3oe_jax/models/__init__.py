@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 
 from m3oe_jax.data.schema import FeatureSchema
-from m3oe_jax.models.base import SHARED_FIELDS, RankingModel, model_options, resolve_dtype
+from m3oe_jax.errors import ConfigError
+from m3oe_jax.models.base import SHARED_FIELDS, RankingModel, model_options
 
 # name -> "module:Class". The name selects the model (`--config.model.name=mmoe`).
 MODELS = {
@@ -38,9 +39,9 @@ MODEL_GROUP = "model"
 
 
 def model_class(name: str) -> type[RankingModel]:
-  if name not in MODELS:
-    raise ValueError(f"config.model.name={name!r} is not a known model; "
-                     f"expected one of {sorted(MODELS)}")
+  if not isinstance(name, str) or name not in MODELS:
+    raise ConfigError(f"config.model.name={name!r} is not a known model; "
+                      f"expected one of {sorted(MODELS)}")
   module, cls_name = MODELS[name].split(":")
   cls = getattr(importlib.import_module(module), cls_name)
   if cls.NAME != name:
@@ -62,6 +63,28 @@ def default_model_config(name: str = "m3oe") -> ml_collections.ConfigDict:
   return config
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses, before any data is prepared, a `config.model` naming a model that
+  is not registered, or whose section or shared fields that model cannot be
+  built with (each model's `check_options`)."""
+  cls = model_class(config.name)
+  cls(feature_names=("domain",), vocab_sizes=(1,), num_domains=1, num_tasks=1,
+      **_model_fields(config, cls)).check_options()
+
+
+def _model_fields(config: ml_collections.ConfigDict, cls: type[RankingModel]) -> dict:
+  """The shared fields and the options of `cls` (absent options at their defaults)."""
+  options = model_options(cls)
+  given = dict(config.get(config.name, {}) or {})
+  unknown = sorted(set(given) - set(options))
+  if unknown:
+    raise ConfigError(f"config.model.{config.name} has fields {unknown} that model "
+                      f"{config.name!r} does not take; its options are {sorted(options)}")
+  shared = {field: config[field] for field in SHARED_FIELDS if field in config}
+  options.update(given)
+  return {**shared, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}}
+
+
 def build_model(config: ml_collections.ConfigDict, schema: FeatureSchema) -> RankingModel:
   """The model named by `config.name`, sized by the dataset's schema, with the
   options of its section `config.<name>` (absent options keep their defaults)."""
@@ -69,19 +92,11 @@ def build_model(config: ml_collections.ConfigDict, schema: FeatureSchema) -> Ran
   if bad:
     raise ValueError(f"sparse feature names may not contain '/': {bad}")
   cls = model_class(config.name)
-  options = model_options(cls)
-  given = dict(config.get(config.name, {}) or {})
-  unknown = sorted(set(given) - set(options))
-  if unknown:
-    raise ValueError(f"config.model.{config.name} has fields {unknown} that model "
-                     f"{config.name!r} does not take; its options are {sorted(options)}")
-  shared = {field: config[field] for field in SHARED_FIELDS if field in config}
-  if "dtype" in shared:
-    resolve_dtype(shared["dtype"])
-  options.update(given)
-  return cls(feature_names=tuple(schema.sparse_names), vocab_sizes=tuple(schema.vocab_sizes),
-             num_domains=schema.num_domains, num_tasks=schema.num_tasks,
-             **shared, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+  model = cls(feature_names=tuple(schema.sparse_names), vocab_sizes=tuple(schema.vocab_sizes),
+              num_domains=schema.num_domains, num_tasks=schema.num_tasks,
+              **_model_fields(config, cls))
+  model.validate()
+  return model
 
 
 def dummy_batch(schema: FeatureSchema, batch_size: int = 2) -> dict[str, np.ndarray]:

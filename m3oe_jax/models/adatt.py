@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from m3oe_jax.errors import ConfigError
 from m3oe_jax.models.base import RankingModel
 from m3oe_jax.models.layers import (Dense, bank, like, select_domain, softmax32,
                                     torch_linear_bias_init, torch_linear_kernel_init)
@@ -161,10 +162,11 @@ class AdaTTBase(RankingModel):
   def shared_experts(self) -> int:
     return 0
 
-  def validate(self) -> None:
+  def check_options(self) -> None:
+    super().check_options()
     self.check_positive(num_levels=self.num_levels, num_task_experts=self.num_task_experts)
     if len(self.expert_dims) == 0:
-      raise ValueError(f"config.model.{self.NAME}.expert_dims=() needs at least one width")
+      raise ConfigError(f"config.model.{self.NAME}.expert_dims=() needs at least one width")
     self.check_positive(expert_dims=tuple(self.expert_dims))
     if self.tower_dims:
       self.check_positive(tower_dims=tuple(self.tower_dims))
@@ -244,8 +246,8 @@ class AdaTT(AdaTTBase):
   def shared_experts(self) -> int:
     return self.num_shared_experts
 
-  def validate(self) -> None:
-    super().validate()
+  def check_options(self) -> None:
+    super().check_options()
     self.check_positive(num_shared_experts=self.num_shared_experts)
 
 

@@ -42,7 +42,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from m3oe_jax.errors import ConfigError
+from m3oe_jax.errors import ConfigError, is_number, is_whole
 from m3oe_jax.models.layers import Embeddings
 
 # Fields every model takes, filled from the dataset's schema...
@@ -94,13 +94,39 @@ class RankingModel(nn.Module):
     """x = concat(table lookups, dense values) [B, F], from a compact `__call__`."""
     return self.embeddings(name="embedding")(batch["sparse"], batch["dense"])
 
-  def check_positive(self, **values: int) -> None:
-    """Refuses options below 1, naming them as config fields."""
+  def check_options(self) -> None:
+    """Refuses option values the model cannot be built with, whatever the data
+    (`models.check_config` calls it before any data is prepared). A model with
+    options of its own extends it."""
+    for name in ("embed_dim", "embed_rows_multiple"):
+      value = getattr(self, name)
+      if not is_whole(value) or value < 1:
+        raise ConfigError(f"config.model.{name}={value!r} must be a whole number >= 1")
+    std = self.embed_init_std
+    if not is_number(std) or not 0 <= std < np.inf:
+      raise ConfigError(f"config.model.embed_init_std={std!r} must be a finite number >= 0")
+    resolve_dtype(self.dtype)
+
+  def check_data(self) -> None:
+    """Refuses options that do not fit the data's features, domains or tasks."""
+    for name in ("num_domains", "num_tasks"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"the data has {getattr(self, name)} {name[4:]}; a model "
+                          "needs at least one")
+
+  def validate(self) -> None:
+    """Both checks; every model calls it first in `setup` or `__call__`."""
+    self.check_options()
+    self.check_data()
+
+  def check_positive(self, **values) -> None:
+    """Refuses options that are not whole numbers >= 1 (or lists of them),
+    naming them as config fields."""
     for name, value in values.items():
       flat = value if isinstance(value, (tuple, list)) else (value,)
-      if any(int(v) != v or v < 1 for v in flat):
-        raise ValueError(f"config.model.{self.NAME}.{name}={value!r} "
-                         "must be positive integers")
+      if not all(is_whole(v) and v >= 1 for v in flat):
+        what = "positive integers" if flat is value else "a positive integer"
+        raise ConfigError(f"config.model.{self.NAME}.{name}={value!r} must be {what}")
 
 
 def model_options(cls: type[RankingModel]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from m3oe_jax.errors import ConfigError
 from m3oe_jax.models.base import RankingModel
 from m3oe_jax.models.layers import (Dense, affine, bank, layer_norm, like, linear_batch_norm,
                                     softmax32)
@@ -220,12 +221,13 @@ class M2M(RankingModel):
   NAME = "m2m"
   TINY = {"num_experts": 2, "hidden": 4, "out_dims": (8, 4), "transformer_ff": 8}
 
-  def validate(self) -> None:
+  def check_options(self) -> None:
+    super().check_options()
     if self.backbone not in BACKBONES:
-      raise ValueError(f"config.model.m2m.backbone={self.backbone!r} must be one of {BACKBONES}")
+      raise ConfigError(f"config.model.m2m.backbone={self.backbone!r} must be one of {BACKBONES}")
     if self.meta_weights not in META_WEIGHTS:
-      raise ValueError(f"config.model.m2m.meta_weights={self.meta_weights!r} must be one "
-                       f"of {META_WEIGHTS}")
+      raise ConfigError(f"config.model.m2m.meta_weights={self.meta_weights!r} must be one "
+                        f"of {META_WEIGHTS}")
     self.check_positive(num_experts=self.num_experts, hidden=self.hidden,
                         transformer_layers=self.transformer_layers,
                         transformer_heads=self.transformer_heads,
@@ -233,12 +235,15 @@ class M2M(RankingModel):
     if self.out_dims:
       self.check_positive(out_dims=tuple(self.out_dims))
     if self.backbone == "field_transformer" and self.embed_dim % self.transformer_heads:
-      raise ValueError(
+      raise ConfigError(
           f"config.model.m2m.transformer_heads={self.transformer_heads} must divide the "
           f"embedding width config.model.embed_dim={self.embed_dim} (the transformer's d_model)")
+
+  def check_data(self) -> None:
+    super().check_data()
     if not self.feature_names:
-      raise ValueError("M2M needs the domain id as the last sparse feature; the schema has "
-                       "no sparse features")
+      raise ConfigError("M2M needs the domain id as the last sparse feature; the schema has "
+                        "no sparse features")
 
   @nn.compact
   def __call__(self, batch, train: bool = False) -> tuple[jax.Array, dict]:

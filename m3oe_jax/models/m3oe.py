@@ -15,33 +15,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from m3oe_jax.errors import ConfigError
 from m3oe_jax.models.base import RankingModel
 from m3oe_jax.models.layers import (MLP, Block, Dense, Star, Tower, bank, like, select_domain,
                                     softmax32)
 
 ARCH_NAMES = ("bal_d", "bal_t", "exp_d", "exp_t")
-
-
-def validate_dims(fcn_dims: Sequence[int], embed_dim: int, num_shared_experts: int,
-                  num_domains: int, num_tasks: int, embed_rows_multiple: int = 1) -> None:
-  """Rejects configurations the reference would mis-handle or crash on."""
-  dims = list(fcn_dims)
-  if len(dims) < 4:
-    raise ValueError(
-        f"config.model.m3oe.fcn_dims={dims} needs at least 4 entries: [h1, h2, expert "
-        "dims...] (reference: [512, 256, 256, 64])")
-  if any(int(d) != d or d < 1 for d in dims):
-    raise ValueError(f"config.model.m3oe.fcn_dims={dims} must be positive integers")
-  if dims[2] != dims[1]:
-    raise ValueError(
-        f"config.model.m3oe.fcn_dims={dims}: the expert MLP's input fcn_dims[2]={dims[2]} "
-        f"must equal the star output fcn_dims[1]={dims[1]}")
-  for name, value in (("config.model.embed_dim", embed_dim),
-                      ("config.model.embed_rows_multiple", embed_rows_multiple),
-                      ("config.model.m3oe.num_shared_experts", num_shared_experts),
-                      ("number of domains", num_domains), ("number of tasks", num_tasks)):
-    if value < 1:
-      raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 class ArchWeights(nn.Module):
@@ -85,12 +64,25 @@ class M3oE(RankingModel):
   NAME = "m3oe"
   TINY = {"fcn_dims": (32, 16, 16, 8)}
 
-  def setup(self):
-    validate_dims(self.fcn_dims, self.embed_dim, self.num_shared_experts,
-                  self.num_domains, self.num_tasks, self.embed_rows_multiple)
+  def check_options(self) -> None:
+    """Refuses dimensions the reference would mis-handle or crash on."""
+    super().check_options()
+    dims = tuple(self.fcn_dims)
+    if len(dims) < 4:
+      raise ConfigError(
+          f"config.model.m3oe.fcn_dims={dims} needs at least 4 entries: [h1, h2, expert "
+          "dims...] (reference: [512, 256, 256, 64])")
+    self.check_positive(fcn_dims=dims, num_shared_experts=self.num_shared_experts)
+    if dims[2] != dims[1]:
+      raise ConfigError(
+          f"config.model.m3oe.fcn_dims={dims}: the expert MLP's input fcn_dims[2]={dims[2]} "
+          f"must equal the star output fcn_dims[1]={dims[1]}")
     if len(self.arch_init) != len(ARCH_NAMES):
-      raise ValueError(f"config.model.m3oe.arch_init={tuple(self.arch_init)} needs one "
-                       f"initial value for each of {ARCH_NAMES}")
+      raise ConfigError(f"config.model.m3oe.arch_init={tuple(self.arch_init)} needs one "
+                        f"initial value for each of {ARCH_NAMES}")
+
+  def setup(self):
+    self.validate()
     h1, h2 = self.fcn_dims[0], self.fcn_dims[1]
     expert_widths = tuple(self.fcn_dims[3:])
     self.embedding = self.embeddings()

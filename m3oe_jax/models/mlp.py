@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from m3oe_jax.errors import ConfigError
 from m3oe_jax.models.base import RankingModel
 from m3oe_jax.models.layers import MLP, Tower, bank, select_domain
 
@@ -65,13 +66,17 @@ class MLPBaseline(RankingModel):
   NAME = "mlp"
   TINY = {"fcn_dims": (32, 16, 16, 8)}
 
-  def validate(self) -> None:
+  def check_options(self) -> None:
+    super().check_options()
     if len(self.fcn_dims) < 1:
-      raise ValueError(f"config.model.{self.NAME}.fcn_dims={tuple(self.fcn_dims)} "
-                       "needs at least one width")
+      raise ConfigError(f"config.model.{self.NAME}.fcn_dims={tuple(self.fcn_dims)} "
+                        "needs at least one width")
     self.check_positive(fcn_dims=tuple(self.fcn_dims))
+
+  def check_data(self) -> None:
+    super().check_data()
     if self.reference_index_bug and self.num_tasks > self.num_domains:
-      raise ValueError(
+      raise ConfigError(
           f"config.model.{self.NAME}.reference_index_bug=True needs at most as many tasks "
           f"as domains (got {self.num_tasks} tasks, {self.num_domains} domains): the "
           "reference crashes otherwise")

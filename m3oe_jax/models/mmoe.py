@@ -43,11 +43,15 @@ class MMoE(RankingModel):
   NAME = "mmoe"
   TINY = {"fcn_dims": (16, 8), "num_experts": 3}
 
-  @nn.compact
-  def __call__(self, batch, train: bool = False) -> tuple[jax.Array, dict]:
+  def check_options(self) -> None:
+    super().check_options()
     check_dims(self, fcn_dims=self.fcn_dims)
     self.check_positive(num_experts=self.num_experts)
     check_choice(self.NAME, "tower_norm", self.tower_norm, NORMS)
+
+  @nn.compact
+  def __call__(self, batch, train: bool = False) -> tuple[jax.Array, dict]:
+    self.validate()
     widths = tuple(self.fcn_dims)
     mask = batch.get("mask")
     x = self.embed(batch)                                                    # [B, F]

@@ -117,12 +117,16 @@ class PLE(RankingModel):
   NAME = "ple"
   TINY = {"expert_dims": (8,), "tower_dims": (4,)}
 
-  @nn.compact
-  def __call__(self, batch, train: bool = False) -> tuple[jax.Array, dict]:
+  def check_options(self) -> None:
+    super().check_options()
     check_dims(self, expert_dims=self.expert_dims, tower_dims=self.tower_dims)
     self.check_positive(num_levels=self.num_levels,
                         num_specific_experts=self.num_specific_experts,
                         num_shared_experts=self.num_shared_experts)
+
+  @nn.compact
+  def __call__(self, batch, train: bool = False) -> tuple[jax.Array, dict]:
+    self.validate()
     mask = batch.get("mask")
     x = self.embed(batch)                                                  # [B, F]
     sizes = dict(num_domains=self.num_domains, num_tasks=self.num_tasks,

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from m3oe_jax.errors import ConfigError
 from m3oe_jax.models.base import RankingModel
 from m3oe_jax.models.layers import (Dense, affine, bank, layer_norm, linear_batch_norm,
                                     select_domain)
@@ -104,14 +105,14 @@ def own_domain(per_head: jax.Array, domain: jax.Array) -> jax.Array:
 
 def check_choice(model: str, field: str, value, choices) -> None:
   if value not in choices:
-    raise ValueError(f"config.model.{model}.{field}={value!r} must be one of {choices}")
+    raise ConfigError(f"config.model.{model}.{field}={value!r} must be one of {choices}")
 
 
 def check_dims(model: RankingModel, **dims) -> None:
   """Width lists must be non-empty lists of positive integers."""
   for field, value in dims.items():
     if not isinstance(value, (tuple, list)) or len(value) == 0:
-      raise ValueError(f"config.model.{model.NAME}.{field}={value!r} must be a non-empty "
+      raise ConfigError(f"config.model.{model.NAME}.{field}={value!r} must be a non-empty "
                        "list of positive integers")
   model.check_positive(**dims)
 
@@ -131,10 +132,14 @@ class SharedBottom(RankingModel):
   NAME = "shared_bottom"
   TINY = {"bottom_dims": (16,), "tower_dims": (8,)}
 
-  @nn.compact
-  def __call__(self, batch, train: bool = False) -> tuple[jax.Array, dict]:
+  def check_options(self) -> None:
+    super().check_options()
     check_dims(self, bottom_dims=self.bottom_dims, tower_dims=self.tower_dims)
     check_choice(self.NAME, "norm", self.norm, NORMS)
+
+  @nn.compact
+  def __call__(self, batch, train: bool = False) -> tuple[jax.Array, dict]:
+    self.validate()
     mask = batch.get("mask")
     x = self.embed(batch)                                                  # [B, F]
     z = NormMLP(tuple(self.bottom_dims), self.norm, not train, name="bottom")(x, mask)

@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from m3oe_jax.errors import ConfigError
 from m3oe_jax.models.base import RankingModel
 from m3oe_jax.models.layers import (MLP, Block, BlockBN, Dense, Star, Tower, bank, like,
                                     normalise, select_domain)
@@ -167,30 +168,34 @@ class STAR(RankingModel):
   NAME = "star"
   TINY = {"fcn_dims": (16, 8, 8, 8), "original_fcn_dims": (16, 8), "aux_dims": (8,)}
 
-  def validate(self) -> None:
+  def check_options(self) -> None:
+    super().check_options()
     name = f"config.model.{self.NAME}"
     for field, allowed in (("variant", VARIANTS), ("norm_stats", NORM_STATS),
                            ("aux_input", AUX_INPUTS)):
       if getattr(self, field) not in allowed:
-        raise ValueError(f"{name}.{field}={getattr(self, field)!r}; expected one of {allowed}")
+        raise ConfigError(f"{name}.{field}={getattr(self, field)!r}; expected one of {allowed}")
     dims = tuple(self.fcn_dims)
     if len(dims) < 3:
-      raise ValueError(f"{name}.fcn_dims={dims} needs at least 3 entries: [h1, h2, main "
-                       "widths...] (reference: [512, 256, 256, 64])")
+      raise ConfigError(f"{name}.fcn_dims={dims} needs at least 3 entries: [h1, h2, main "
+                        "widths...] (reference: [512, 256, 256, 64])")
     self.check_positive(fcn_dims=dims)
     if dims[2] != dims[1]:
-      raise ValueError(f"{name}.fcn_dims={dims}: the main MLP's input fcn_dims[2]={dims[2]} "
-                       f"must equal the star output fcn_dims[1]={dims[1]}")
+      raise ConfigError(f"{name}.fcn_dims={dims}: the main MLP's input fcn_dims[2]={dims[2]} "
+                        f"must equal the star output fcn_dims[1]={dims[1]}")
     if len(self.original_fcn_dims) < 1:
-      raise ValueError(f"{name}.original_fcn_dims={tuple(self.original_fcn_dims)} needs "
-                       "at least one width")
+      raise ConfigError(f"{name}.original_fcn_dims={tuple(self.original_fcn_dims)} needs "
+                        "at least one width")
     self.check_positive(original_fcn_dims=tuple(self.original_fcn_dims))
     if len(self.aux_dims):
       self.check_positive(aux_dims=tuple(self.aux_dims))
+
+  def check_data(self) -> None:
+    super().check_data()
     if (self.variant == "original" and self.aux_input == "domain"
         and DOMAIN_FEATURE not in self.feature_names):
-      raise ValueError(f"{name}.aux_input='domain' needs a sparse feature named "
-                       f"{DOMAIN_FEATURE!r}; the features are {tuple(self.feature_names)}")
+      raise ConfigError(f"config.model.{self.NAME}.aux_input='domain' needs a sparse feature "
+                        f"named {DOMAIN_FEATURE!r}; the features are {tuple(self.feature_names)}")
 
   @nn.compact
   def __call__(self, batch, train: bool = False) -> tuple[jax.Array, dict]:

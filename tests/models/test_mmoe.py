@@ -13,6 +13,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from m3oe_jax.data.schema import FeatureSchema
+from m3oe_jax.errors import ConfigError
 from m3oe_jax.models import build_model, export_weights, init_variables
 from m3oe_jax.models.mmoe import MMoE
 
@@ -140,8 +141,8 @@ def check_output_bias_moves_only_its_head(model, variables, s):
 
 def check_rejected(name, field, **options):
   s = schema()
-  model = build_model(model_config(name, **options), s)
-  with pytest.raises(ValueError, match=rf"config\.model\.{name}\.{field}"):
+  with pytest.raises(ConfigError, match=rf"config\.model\.{name}\.{field}"):
+    model = build_model(model_config(name, **options), s)
     jax.eval_shape(lambda: init_variables(model, s, jax.random.key(0)))
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from m3oe_jax.data import synthetic
 from m3oe_jax.data.schema import FeatureSchema
+from m3oe_jax.errors import ConfigError
 from m3oe_jax.models import build_model, export_weights, init_variables
 from tests.helpers import batch_of, model_config, tiny_data_config
 
@@ -262,13 +263,14 @@ def test_original_domain_statistics_see_only_their_domains_rows():
     (dict(aux_input="user"), "aux_input"),
 ])
 def test_bad_options_are_rejected_naming_the_field(options, field):
-  model = build_model(model_config("star", **options), schema(4, 1))
-  with pytest.raises(ValueError, match=rf"config\.model\.star\.{field}\b"):
+  with pytest.raises(ConfigError, match=rf"config\.model\.star\.{field}\b"):
+    model = build_model(model_config("star", **options), schema(4, 1))
     jax.eval_shape(lambda: init_variables(model, schema(4, 1), jax.random.key(0)))
 
 
 def test_aux_input_domain_needs_a_domain_feature():
   no_domain = schema(4, 1, last="region")
-  model = build_model(model_config("star", variant="original", aux_input="domain"), no_domain)
-  with pytest.raises(ValueError, match=r"config\.model\.star\.aux_input"):
+  with pytest.raises(ConfigError, match=r"config\.model\.star\.aux_input"):
+    model = build_model(model_config("star", variant="original", aux_input="domain"),
+                        no_domain)
     jax.eval_shape(lambda: init_variables(model, no_domain, jax.random.key(0)))
