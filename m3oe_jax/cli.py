@@ -4,6 +4,7 @@ mistake in the user's input as one message (`m3oe_jax.errors`)."""
 
 import importlib.util
 import os
+import pathlib
 import sys
 
 import jax
@@ -61,7 +62,38 @@ def _exit_with_message(message: str) -> None:
   sys.exit(USER_ERROR_STATUS)
 
 
+# The configs shipped in the package; `configs/` in a checkout links here.
+PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
+
+
+def config_path(path: str) -> str:
+  """A config file's path as given, or, when no such file exists and it names one
+  under `configs/`, that file of the installed package (so the documented
+  `--config=configs/NAME.py` works outside a checkout)."""
+  given = os.path.expanduser(path)
+  parts = pathlib.PurePath(given).parts
+  if os.path.exists(given) or len(parts) < 2 or parts[0] != "configs":
+    return given
+  packaged = PACKAGED_CONFIGS.joinpath(*parts[1:])
+  return str(packaged) if packaged.exists() else given
+
+
+def _with_config_paths(argv):
+  """argv with every `--config=FILE[:ARG]` and `--config FILE[:ARG]` resolved by
+  `config_path`."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      path, colon, rest = arg[len("--config="):].partition(":")
+      out[i] = f"--config={config_path(path)}{colon}{rest}"
+    elif arg == "--config" and i + 1 < len(out):
+      path, colon, rest = out[i + 1].partition(":")
+      out[i + 1] = f"{config_path(path)}{colon}{rest}"
+  return out
+
+
 def _parse_flags(argv):
+  argv = _with_config_paths(argv)
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
@@ -114,7 +146,7 @@ def _unknown_override(argv) -> str | None:
 def load_config_file(spec: str):
   """`get_config(ARG)` of a config file named as `FILE[:ARG]`, as --config does."""
   path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_checked_config", path)
+  module_spec = importlib.util.spec_from_file_location("_checked_config", config_path(path))
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
