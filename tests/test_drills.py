@@ -239,3 +239,10 @@ def test_a_divergence_before_any_save_says_nothing_was_saved(tmp_path):
                      match="No checkpoint of this run was saved before it"):
     train.train_and_evaluate(config, str(tmp_path))
   assert not checkpoint.CheckpointStore(tmp_path, read_only=True).checkpoints()
+
+
+def test_the_report_expands_home_in_its_folders(tmp_path, monkeypatch, capsys):
+  from m3oe_jax.report import report  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("HOME", str(tmp_path))
+  assert report.main(["--workdir=~/no_such_sweep"]) == 2
+  assert f"{tmp_path}/no_such_sweep" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import pathlib
 import sys
 
@@ -107,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m m3oe_jax.report",
       description="Table 2 report of a sweep directory or of run workdirs.")
-  parser.add_argument("--workdir", action="append", required=True,
+  parser.add_argument("--workdir", action="append", required=True, type=os.path.expanduser,
                       help="a sweep directory (with sweep.json), a run's workdir, or a "
                       "directory holding run workdirs; repeatable")
-  parser.add_argument("--out", default=None,
+  parser.add_argument("--out", default=None, type=os.path.expanduser,
                       help="output directory (default: <first workdir>/report)")
   args = parser.parse_args(argv)
   try:
