@@ -14,6 +14,7 @@ import errno
 import functools
 import json
 import math
+import os
 import signal
 import time
 
@@ -105,7 +106,7 @@ class _CompilationCache:
   the previous settings afterwards. "" leaves JAX's settings alone."""
 
   def __init__(self, folder: str, workdir: epath.Path):
-    self.folder = folder.replace("{workdir}", str(workdir)) if folder else ""
+    self.folder = str(paths.resolve(folder.replace("{workdir}", str(workdir)))) if folder else ""
     self.previous = None
 
   def __enter__(self):
@@ -425,14 +426,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   except OSError as e:
     if e.errno != errno.ENOSPC:
       raise
-    raise DiskFullError(
-        f"no space left on the device of {e.filename or workdir} "
-        f"({checkpoint.mib(checkpoint.free_bytes(workdir))} free). The checkpoints already saved in "
-        f"{workdir / 'checkpoints'} are intact: free space (or move the workdir to a larger "
-        "disk) and rerun the same command to resume.") from e
+    raise _disk_full(e, workdir) from e
   finally:
     preemption.close()
 
+
+
+def _disk_full(error: OSError, workdir: epath.Path) -> DiskFullError:
+  where = "a device this run writes to"
+  if error.filename:
+    free = checkpoint.free_bytes(paths.resolve(os.path.dirname(error.filename)))
+    where = f"the device of {error.filename} ({checkpoint.mib(free)} free)"
+  return DiskFullError(
+      f"no space left on {where}. What was saved before (data already prepared, the "
+      f"checkpoints in {workdir / 'checkpoints'}) is intact: free space (or move that folder "
+      "to a larger disk) and rerun the same command to resume.")
 
 
 def _timed(seconds: list, function, *args, **kwargs):
