@@ -14,6 +14,8 @@ from m3oe_jax.errors import ConfigError, UserError
 
 WORKDIR = flags.DEFINE_string("workdir", None,
                               "The run's directory: checkpoints, TensorBoard logs, metrics.")
+flags.register_validator("workdir", lambda value: value is None or value.strip() != "",
+                         "--workdir is empty: name the run's folder (e.g. --workdir=runs/first)")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-process runs).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")

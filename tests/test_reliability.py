@@ -324,6 +324,9 @@ def test_a_missing_best_checkpoint_is_named_as_missing(finished, tmp_path):
 
 
 COMMAND_MISTAKES = {
+    "empty_workdir": (["m3oe_jax.train", "--config=configs/synthetic.py:tiny", "--workdir="],
+                      "--workdir is empty"),
+    "empty_workdir_evaluate": (["m3oe_jax.evaluate", "--workdir= "], "--workdir is empty"),
     "unknown_field": (["m3oe_jax.train", "--config=configs/synthetic.py:tiny",
                        "--workdir={tmp}/a", "--config.model.m3oe.fcn_dim=3"],
                       "--config.model.m3oe.fcn_dim: config.model.m3oe has no field 'fcn_dim'"),
