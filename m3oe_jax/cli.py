@@ -131,7 +131,8 @@ def _unknown_override(argv) -> str | None:
       continue
     name, path = arg.split(".", 1)
     try:
-      node = load_config_file(values[name])
+      path, _, config_arg = values[name].partition(":")
+      node = load_config_file(path, config_arg or None)
     except OSError as e:
       return _cannot_load(name, str(e))
     except Exception:  # pylint: disable=broad-except
@@ -145,10 +146,13 @@ def _unknown_override(argv) -> str | None:
   return None
 
 
-def load_config_file(spec: str):
-  """`get_config(ARG)` of a config file named as `FILE[:ARG]`, as --config does."""
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_checked_config", config_path(path))
+def load_config_file(path: str, arg: str | None = None):
+  """`get_config(arg)` of a config file (`get_config()` without an argument), as
+  --config loads it; the file is found as `config_path` finds it."""
+  file = config_path(path)
+  if not os.path.isfile(file):
+    raise FileNotFoundError(f"config file {path} not found (looked at {os.path.abspath(file)})")
+  module_spec = importlib.util.spec_from_file_location("_m3oe_config_file", file)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()

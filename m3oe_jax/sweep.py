@@ -20,7 +20,6 @@ same DIR either way, and leaves out a run whose metrics.json is not its own.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
@@ -35,10 +34,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from m3oe_jax import paths, run_identity
+from m3oe_jax.cli import load_config_file
 from m3oe_jax.config_utils import apply_override
 from m3oe_jax.errors import ConfigError
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 KINDS = ("single", "mtl", "mdl", "mdmt")
 LAUNCHERS = ("local", "tpu_vm", "slurm", "single_host_gpu")
 
@@ -94,29 +93,7 @@ def _format_value(value) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Config files.
-
-def resolve_config_path(path: str) -> pathlib.Path:
-  """A config path as given (relative to the current directory), else relative to the
-  repository root."""
-  p = pathlib.Path(path).expanduser()
-  if p.exists() or p.is_absolute():
-    return p
-  return REPO_ROOT / p
-
-
-def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of a config file, as `ml_collections.config_flags` loads it
-  (`get_config()` when there is no argument)."""
-  file = resolve_config_path(path)
-  if not file.is_file():
-    raise FileNotFoundError(f"config file {path} not found (looked at {file})")
-  name = "m3oe_sweep_config_" + "".join(c if c.isalnum() else "_" for c in str(file))
-  spec = importlib.util.spec_from_file_location(name, file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
+# The grid.
 
 def grid_shape(sweep: ml_collections.ConfigDict,
                data_config: ml_collections.ConfigDict) -> tuple[int, int]:
