@@ -1,10 +1,22 @@
-"""Paths the user gives: local folders (relative or with `~`) and URLs alike."""
+"""Paths the user gives: local folders (relative or with `~`) and URLs alike.
+
+URLs (`gs://bucket/run`) go through etils' epath, which uses fsspec (gcsfs for
+gs://); orbax writes the arrays through TensorStore's own GCS driver.
+"""
 
 from __future__ import annotations
 
 import os
 
+import fsspec
 from etils import epath
+
+from m3oe_jax.errors import WorkdirError
+
+# Every listing of a bucket asks the bucket: TensorStore and other processes (a
+# trainer beside an evaluation) write it behind gcsfs's back, and gcsfs would
+# otherwise answer from the listings it saw first.
+fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -20,3 +32,42 @@ def resolve(path: str | os.PathLike) -> epath.Path:
   if is_url(text):
     return epath.Path(text)
   return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def storage_error(where: str | os.PathLike, error: Exception) -> WorkdirError:
+  """The one-line error for a URL (`where` names it) whose storage could not be
+  reached, refused the credentials, or lacks its filesystem package."""
+  if isinstance(error, ImportError):
+    return WorkdirError(f"{where} needs a package that is not installed: {error} (gs:// "
+                        "comes with `pip install -r requirements.txt` or `pip install "
+                        "m3oe_jax[gcs]`)")
+  lines = str(error).strip().splitlines()
+  detail = f"{type(error).__name__}: {lines[0][:200] if lines else ''}"
+  return WorkdirError(
+      f"{where} cannot be reached or written ({detail}). Check the credentials (`gcloud auth "
+      "application-default login`, or the VM's service account and its storage scope), "
+      "that the bucket exists and that they may write to it, and the network; or use a "
+      "local --workdir.")
+
+
+def exists(path: str | os.PathLike) -> bool:
+  """`resolve(path).exists()`, with the failure to reach a URL's storage as a
+  WorkdirError (storage_error)."""
+  resolved = resolve(path)
+  if not is_url(resolved):
+    return resolved.exists()
+  try:
+    return resolved.exists()
+  except Exception as e:  # pylint: disable=broad-except
+    raise storage_error(resolved, e) from None
+
+
+def append_text(path: epath.Path, text: str) -> None:
+  """Adds `text` at the end of a file. An object store cannot append: there the
+  object is read and written again whole."""
+  if not is_url(path):
+    with path.open("a") as f:
+      f.write(text)
+    return
+  previous = path.read_text() if path.exists() else ""
+  path.write_text(previous + text)
