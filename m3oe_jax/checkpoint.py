@@ -585,7 +585,7 @@ def load_params(workdir: str | epath.PathLike, which: str = "best", step: int | 
   root = paths.resolve(workdir) / "checkpoints"
   if which not in ("best", "latest"):
     raise ValueError(f"which={which!r}: expected 'best' or 'latest'")
-  if not (root / which).exists():
+  if not paths.exists(root / which):
     raise MissingCheckpointError(f"no {which} checkpoint under {root} (no such directory); "
                                  "check the workdir, or train first")
   if step is not None:

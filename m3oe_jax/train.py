@@ -338,8 +338,7 @@ class _Logger:
     record = {"epoch": epoch, "step": step_number, "validation": validation,
               "diagnostics": {k: v if isinstance(v, dict) else np.asarray(v).tolist()
                               for k, v in diagnostics.items()}}
-    with (self.workdir / "metrics.jsonl").open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    paths.append_text(self.workdir / "metrics.jsonl", json.dumps(record) + "\n")
 
   def close(self):
     if self.writer is not None:
