@@ -7,6 +7,7 @@ Tests marked `slow` start real processes; CI runs them all.
 """
 
 import importlib.util
+import io
 import json
 import os
 import re
@@ -21,8 +22,9 @@ import numpy as np
 import pytest
 from etils import epath
 
-from m3oe_jax import checkpoint, paths
-from m3oe_jax.errors import WorkdirError
+from configs.sweeps import table2 as configs_table2
+from m3oe_jax import checkpoint, paths, sweep
+from m3oe_jax.errors import ConfigError, WorkdirError
 from tests import event_files
 from tests.helpers import REPO, free_port
 
@@ -114,6 +116,13 @@ def test_missing_filesystem_package_is_one_line():
     paths.exists("s3://b/run")
 
 
+def test_a_sweep_refuses_a_bucket_rather_than_making_a_local_gs_folder(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ConfigError, match=r"--workdir=gs://b/sweep: a sweep keeps its runs"):
+    sweep.dry_run(configs_table2.get_config("tiny"), "gs://b/sweep", "local", out=io.StringIO())
+  assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_missing_bucket_is_one_line_and_never_created(gcs, tmp_path):
   trained = _run(["m3oe_jax.train", TINY, "--workdir=gs://no-such-bucket/run"], gcs, tmp_path)
@@ -165,6 +174,14 @@ def test_gs_workdir_trains_resumes_evaluates_and_loads(gcs, tmp_path):
   assert evaluated.returncode == 0, evaluated.stderr
   assert json.loads((workdir / "eval.json").read_text())["mean_auc"] == pytest.approx(
       result["test"]["mean_auc"], abs=1e-5)
+
+  exported = _run(["m3oe_jax.export", f"--workdir={workdir}", f"--out={workdir}/export"],
+                   gcs, tmp_path)
+  assert exported.returncode == 0, exported.stderr
+  blob = (workdir / "export" / "predict.jaxexport").read_bytes()
+  served = jax.export.deserialize(bytearray(blob))
+  assert json.loads((workdir / "export" / "schema.json").read_text())["model"] == "m3oe"
+  assert served.in_avals and not (tmp_path / "gs:").exists()
 
   variables, schema, config = checkpoint.load_params(str(workdir))
   assert config.num_epochs == 3 and schema.num_tasks == 2
