@@ -6,6 +6,7 @@ gs://); orbax writes the arrays through TensorStore's own GCS driver.
 
 from __future__ import annotations
 
+import io
 import os
 
 import fsspec
@@ -71,3 +72,42 @@ def append_text(path: epath.Path, text: str) -> None:
     return
   previous = path.read_text() if path.exists() else ""
   path.write_text(previous + text)
+
+
+class WholeObjectWriter:
+  """A file in an object store that grows: kept in memory and uploaded whole at
+  each flush that has something new (an object cannot be appended to)."""
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = epath.Path(path)
+    self.buffer = io.BytesIO()
+    self.uploaded = 0
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    if self.buffer.tell() != self.uploaded:
+      self.path.write_bytes(self.buffer.getvalue())
+      self.uploaded = self.buffer.tell()
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _WholeObjectWriters:
+  """tensorboardX's writer factory for gs://. Its own uploads through
+  google-cloud-storage, again when collected after closing, and then retries
+  for two minutes if the storage has gone."""
+
+  def open(self, path: str) -> WholeObjectWriter:
+    return WholeObjectWriter(path)
+
+  def directory_check(self, path: str) -> None:
+    del path
+
+
+def write_tensorboard_through_epath() -> None:
+  """Makes tensorboardX write gs:// event files as every other file here is."""
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  record_writer.register_writer_factory("gs", _WholeObjectWriters())

@@ -250,6 +250,7 @@ class _Logger:
     self.workdir = workdir
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter
+      paths.write_tensorboard_through_epath()
       self.writer = SummaryWriter(str(workdir / "tensorboard"))
     self.total_steps = total_steps
     self.batch_size = batch_size
