@@ -450,7 +450,7 @@ class CheckpointStore:
       for which, step, _ in damaged:
         target = self.root / DAMAGED / f"{which}-{step}-{stamp}"
         target.parent.mkdir(parents=True, exist_ok=True)
-        (self.root / which / str(step)).rename(target)
+        paths.move(self.root / which / str(step), target)
         logging.warning("moved the damaged checkpoint %s to %s", self.root / which / str(step),
                         target)
     if jax.process_count() > 1:

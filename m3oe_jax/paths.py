@@ -74,6 +74,18 @@ def append_text(path: epath.Path, text: str) -> None:
   path.write_text(previous + text)
 
 
+def move(source: epath.Path, target: epath.Path) -> None:
+  """Renames a folder. On an object store, whose folders are only name prefixes
+  (epath's rename wants the target's folder to exist), each object is copied and
+  the original deleted."""
+  if not is_url(source):
+    source.rename(target)
+    return
+  filesystem, source_path = fsspec.core.url_to_fs(os.fspath(source))
+  filesystem.copy(source_path, fsspec.core.url_to_fs(os.fspath(target))[1], recursive=True)
+  filesystem.rm(source_path, recursive=True)
+
+
 class WholeObjectWriter:
   """A file in an object store that grows: kept in memory and uploaded whole at
   each flush that has something new (an object cannot be appended to)."""

@@ -23,10 +23,10 @@ import pytest
 from etils import epath
 
 from configs.sweeps import table2 as configs_table2
-from m3oe_jax import checkpoint, paths, sweep
+from m3oe_jax import checkpoint, paths, sweep, train
 from m3oe_jax.errors import ConfigError, WorkdirError
 from tests import event_files
-from tests.helpers import REPO, free_port
+from tests.helpers import REPO, free_port, tiny_train_config
 
 TINY = f"--config={REPO}/configs/synthetic.py:tiny"
 BUCKET = "bucket"
@@ -131,6 +131,22 @@ def test_missing_bucket_is_one_line_and_never_created(gcs, tmp_path):
   assert len(errors) == 1 and "--workdir=gs://no-such-bucket/run cannot be reached" in errors[0]
   assert "the bucket exists" in errors[0] and "gcloud auth application-default login" in errors[0]
   assert _buckets(gcs) == [BUCKET]
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_in_a_bucket_is_moved_aside(gcs, caplog):
+  workdir = epath.Path(f"gs://{BUCKET}/damaged")
+  config = tiny_train_config(num_epochs=1)
+  first = train.train_and_evaluate(config, str(workdir))
+  for which in ("latest", "best"):
+    (workdir / "checkpoints" / which / "25" / "meta" / "metadata").write_text("{garbage")
+  again = train.train_and_evaluate(config, str(workdir))
+  assert again["test"] == first["test"]
+  assert f"skipped the damaged checkpoint {workdir}/checkpoints/latest/25" in caplog.text
+  moved = sorted(p.name.rsplit("-", 1)[0]
+                 for p in (workdir / "checkpoints" / checkpoint.DAMAGED).iterdir())
+  assert moved == ["best-25", "latest-25"]
+  assert checkpoint.saved_steps(workdir, "latest") == [20, 25]
 
 
 @pytest.mark.slow
