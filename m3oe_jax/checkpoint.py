@@ -541,7 +541,8 @@ def _read_to_device(metadata, use_zarr3: bool, device):
   context = ocp.type_handlers.get_ts_context(use_ocdbt=use_ocdbt)
   opening = [ts.open(ocp.type_handlers.get_json_tspec_read(
       ocp.type_handlers.ParamInfo(name=leaf.name, parent_dir=leaf.directory,
-                                  is_ocdbt_checkpoint=use_ocdbt, use_zarr3=use_zarr3),
+                                  is_ocdbt_checkpoint=use_ocdbt, use_zarr3=use_zarr3,
+                                  ts_context=context),
       use_ocdbt=use_ocdbt), open=True, context=context) for leaf in leaves]
   arrays = []
   for leaf, future in zip(leaves, opening):
