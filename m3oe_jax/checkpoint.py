@@ -450,7 +450,7 @@ class CheckpointStore:
       for which, step, _ in damaged:
         target = self.root / DAMAGED / f"{which}-{step}-{stamp}"
         target.parent.mkdir(parents=True, exist_ok=True)
-        (self.root / which / str(step)).rename(target)
+        paths.move(self.root / which / str(step), target)
         logging.warning("moved the damaged checkpoint %s to %s", self.root / which / str(step),
                         target)
     if jax.process_count() > 1:
@@ -541,7 +541,8 @@ def _read_to_device(metadata, use_zarr3: bool, device):
   context = ocp.type_handlers.get_ts_context(use_ocdbt=use_ocdbt)
   opening = [ts.open(ocp.type_handlers.get_json_tspec_read(
       ocp.type_handlers.ParamInfo(name=leaf.name, parent_dir=leaf.directory,
-                                  is_ocdbt_checkpoint=use_ocdbt, use_zarr3=use_zarr3),
+                                  is_ocdbt_checkpoint=use_ocdbt, use_zarr3=use_zarr3,
+                                  ts_context=context),
       use_ocdbt=use_ocdbt), open=True, context=context) for leaf in leaves]
   arrays = []
   for leaf, future in zip(leaves, opening):
@@ -585,7 +586,7 @@ def load_params(workdir: str | epath.PathLike, which: str = "best", step: int | 
   root = paths.resolve(workdir) / "checkpoints"
   if which not in ("best", "latest"):
     raise ValueError(f"which={which!r}: expected 'best' or 'latest'")
-  if not (root / which).exists():
+  if not paths.exists(root / which):
     raise MissingCheckpointError(f"no {which} checkpoint under {root} (no such directory); "
                                  "check the workdir, or train first")
   if step is not None:

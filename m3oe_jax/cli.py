@@ -3,6 +3,7 @@ preparation, export, sweep): the common flags, and `run`, which reports a
 mistake in the user's input as one message (`m3oe_jax.errors`)."""
 
 import importlib.util
+import logging as std_logging
 import os
 import pathlib
 import sys
@@ -202,5 +203,12 @@ def initialize_distributed() -> None:
 
 
 def quiet_orbax_logs() -> None:
-  """Orbax reports every save and restore at INFO; keep the console to progress lines."""
-  logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+  """Orbax reports every save and restore at INFO, and fsspec each file it reads
+  from a bucket; keep the console to progress lines."""
+  def keep(record) -> bool:
+    if "orbax" in record.pathname:
+      return False
+    return (record.levelno >= std_logging.WARNING
+            or not record.name.startswith(("fsspec", "gcsfs")))
+
+  logging.get_absl_handler().addFilter(keep)

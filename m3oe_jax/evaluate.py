@@ -40,7 +40,7 @@ def evaluate_checkpoint(workdir: str, split: str = "test", which: str = "best",
   embedding_axis); by default the data axis spans every device.
   """
   root = paths.resolve(workdir) / "checkpoints"
-  if not (root / which).exists():
+  if not paths.exists(root / which):
     raise MissingCheckpointError(f"no {which} checkpoint under {root} (no such directory); "
                                  "check --workdir, or pick another with --which")
   # The newest step, read whole even while a trainer replaces it.

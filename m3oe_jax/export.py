@@ -267,14 +267,12 @@ def export_checkpoint(workdir: str, out: str, which: str = "best",
   exported = export_predict(model, variables, schema, platforms)
   serving["platforms"] = list(exported.platforms)
   blob = exported.serialize()
-  out = os.fspath(paths.resolve(out))
-  os.makedirs(out, exist_ok=True)
-  paths = {"predict": os.path.join(out, PREDICT_FILE), "schema": os.path.join(out, SCHEMA_FILE)}
-  with open(paths["predict"], "wb") as f:
-    f.write(blob)
-  with open(paths["schema"], "w") as f:
-    json.dump(serving, f, indent=1, sort_keys=False)
-  return paths
+  folder = paths.resolve(out)
+  if not paths.is_url(folder):  # an object store has no folders to make
+    folder.mkdir(parents=True, exist_ok=True)
+  (folder / PREDICT_FILE).write_bytes(blob)
+  (folder / SCHEMA_FILE).write_text(json.dumps(serving, indent=1, sort_keys=False))
+  return {"predict": str(folder / PREDICT_FILE), "schema": str(folder / SCHEMA_FILE)}
 
 
 def main(argv):

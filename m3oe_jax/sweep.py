@@ -294,7 +294,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, config_flag: str =
   if train_fn is None:
     from m3oe_jax.train import train_and_evaluate
     train_fn = train_and_evaluate
-  root = pathlib.Path(paths.resolve(workdir))
+  root = _local_root(workdir)
   runs = expand(sweep)
   check_configs(sweep, runs)
   root.mkdir(parents=True, exist_ok=True)
@@ -351,11 +351,18 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, config_flag: str =
   return counts
 
 
+def _local_root(workdir: str) -> pathlib.Path:
+  if paths.is_url(workdir):
+    raise ConfigError(f"--workdir={workdir}: a sweep keeps its runs and its record in a local "
+                      "or network folder; train single runs in gs:// workdirs instead")
+  return pathlib.Path(paths.resolve(workdir))
+
+
 def dry_run(sweep: ml_collections.ConfigDict, workdir: str, launcher: str,
             launcher_args: str = "", config_flag: str = "", out=None) -> list[list[str]]:
   """Prints one command per run (and writes sweep.json); returns the commands."""
   out = out or sys.stdout
-  root = pathlib.Path(paths.resolve(workdir))
+  root = _local_root(workdir)
   runs = expand(sweep)
   check_configs(sweep, runs)
   root.mkdir(parents=True, exist_ok=True)

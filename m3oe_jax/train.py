@@ -270,6 +270,7 @@ class _Logger:
     self.workdir = workdir
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter
+      paths.write_tensorboard_through_epath()
       self.writer = SummaryWriter(str(workdir / "tensorboard"))
     self.total_steps = total_steps
     self.batch_size = batch_size
@@ -358,8 +359,7 @@ class _Logger:
     record = {"epoch": epoch, "step": step_number, "validation": validation,
               "diagnostics": {k: v if isinstance(v, dict) else np.asarray(v).tolist()
                               for k, v in diagnostics.items()}}
-    with (self.workdir / "metrics.jsonl").open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    paths.append_text(self.workdir / "metrics.jsonl", json.dumps(record) + "\n")
 
   def close(self):
     if self.writer is not None:

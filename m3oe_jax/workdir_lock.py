@@ -73,17 +73,15 @@ class WorkdirLock:
         logging.warning("could not remove the unused workdir %s: %s", self.workdir, e)
 
   def _acquire(self) -> None:
+    if paths.is_url(self.workdir):
+      self._acquire_url()
+      return
     try:
       self._created = not self.workdir.exists()
       self.workdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
       raise WorkdirError(f"--workdir={self.workdir} cannot be created ({e.strerror or e}); "
                          "choose a writable --workdir") from None
-    if paths.is_url(self.workdir):
-      logging.warning("%s is not on a local or network file system: it has no lock, so "
-                      "make sure no other trainer uses it", self.workdir)
-      self._check_writable()
-      return
     try:
       self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
@@ -113,6 +111,19 @@ class WorkdirLock:
       raise WorkdirError(f"--workdir={self.workdir} is not writable ({e.strerror}: "
                          f"{self.path}); choose a writable --workdir") from None
     self._check_writable()
+
+  def _acquire_url(self) -> None:
+    """An object store: no folder to create (a missing bucket is an error, never
+    created) and no lock; a probe object checks the credentials and the bucket."""
+    probe = self.workdir / "checkpoints" / ".write_test"
+    try:
+      self._created = not self.workdir.exists()
+      probe.write_text("ok")
+      probe.unlink()
+    except Exception as e:  # pylint: disable=broad-except
+      raise paths.storage_error(f"--workdir={self.workdir}", e) from None
+    logging.warning("%s is not on a local or network file system: it has no lock, so "
+                    "make sure no other trainer uses it", self.workdir)
 
   def _check_writable(self) -> None:
     """Finds storage that refuses writes now rather than at the first save."""
