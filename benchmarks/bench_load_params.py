@@ -1,5 +1,5 @@
 """Peak host memory of loading a checkpoint's variables onto one device:
-`checkpoint.load_params` (`params` and `batch_stats` only, each chunk
+`params_io.load_params` (`params` and `batch_stats` only, each chunk
 decompressed straight into its array) against orbax's partial restore of the
 same arrays (`load_params` with `shardings`, which goes through orbax) and
 against restoring the whole train state (parameters plus both Adam moments).
@@ -79,14 +79,14 @@ def load(workdir: str, mode: str) -> dict:
   import ml_collections  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-  from m3oe_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from m3oe_jax import checkpoint, params_io  # pylint: disable=g-import-not-at-top
   jax.devices()
   before = _rss()
   exact = _reset_peak()
   if mode in ("load_params", "orbax_partial"):
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     on_one_device = lambda tree: jax.tree.map(lambda _: device, tree)
-    variables, _, _ = checkpoint.load_params(
+    variables, _, _ = params_io.load_params(
         workdir, "best", shardings=on_one_device if mode == "orbax_partial" else None)
     jax.block_until_ready(variables)
     loaded = _tree_bytes(variables)

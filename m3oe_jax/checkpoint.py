@@ -14,10 +14,7 @@ moment leaves the previous checkpoints intact.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
-import os
-import shutil
 import time
 from typing import Any
 
@@ -25,7 +22,6 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-import zstandard
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
@@ -63,7 +59,7 @@ class Progress:
           f"{where} was written by another version of m3oe_jax: its training progress has "
           f"the fields {unknown}, which this version does not know, so training cannot "
           "resume from it. Its parameters still load (`python -m m3oe_jax.evaluate "
-          "--workdir=...`, `checkpoint.load_params`); train in a new --workdir.")
+          "--workdir=...`, `params_io.load_params`); train in a new --workdir.")
     return cls(**saved)
 
   def check_step(self, step: int, steps_per_epoch: int, where: str) -> None:
@@ -112,40 +108,6 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
 def _brief(error: Exception) -> str:
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0][:300] if text else ''}"
-
-
-def _is_disk_full(error: Exception | None) -> bool:
-  if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-    return True
-  text = str(error or "")
-  return "No space left on device" in text or "os_error_code='28'" in text
-
-
-def free_bytes(folder: epath.Path) -> int | None:
-  if paths.is_url(folder):
-    return None
-  try:
-    return shutil.disk_usage(folder).free
-  except OSError:
-    return None
-
-
-def _folder_bytes(folder: epath.Path) -> int:
-  """The bytes of the files under a local folder (0 for a URL)."""
-  if paths.is_url(folder):
-    return 0
-  total = 0
-  for parent, _, files in os.walk(folder):
-    for name in files:
-      try:
-        total += os.lstat(os.path.join(parent, name)).st_size
-      except OSError:
-        pass
-  return total
-
-
-def mib(size: int | None) -> str:
-  return "an unknown amount" if size is None else f"{size / 2**20:.1f} MiB"
 
 
 def _leaf_signatures(tree) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
@@ -237,7 +199,7 @@ class CheckpointStore:
       raise self._not_saved(which, step)
     if step is not None:
       self._checkpoint_bytes = max(self._checkpoint_bytes,
-                                   _folder_bytes(self.root / which / str(step)))
+                                   paths.folder_bytes(self.root / which / str(step)))
 
   def _not_saved(self, which: str, step: int, error: Exception | None = None) -> WorkdirError:
     """Why step `step` is not among the saved ones, with its partial files removed:
@@ -249,7 +211,7 @@ class CheckpointStore:
           f"step {step} was not saved to {self.root / which}, which holds step {newest} "
           "from another run. Use a new --workdir.")
     self._remove_partial(which, step)
-    if _is_disk_full(error):
+    if paths.is_disk_full(error):
       return self._disk_full(which, step, self._checkpoint_bytes)
     cause = f" ({_brief(error)})" if error is not None else " (see the log above)"
     return WorkdirError(f"step {step} could not be written to {self.root / which}{cause}. "
@@ -259,14 +221,14 @@ class CheckpointStore:
   def _disk_full(self, which: str, step: int, needed: int) -> DiskFullError:
     return DiskFullError(
         f"no space left to save step {step} to {self.root / which}: "
-        f"{mib(free_bytes(self.root))} free, about {mib(needed)} needed. "
+        f"{paths.mib(paths.free_bytes(self.root))} free, about {paths.mib(needed)} needed. "
         f"{self.kept_description()} Free space (or move the workdir to a larger disk) and "
         "rerun the same command to resume.")
 
   def _check_space(self, which: str, step: int) -> None:
     """Refuses a save that cannot fit beside the saves still being written, before
     orbax starts it (a save that fails half-way is messier to clean up)."""
-    free, needed = free_bytes(self.root), self._checkpoint_bytes * (1 + len(self._in_flight))
+    free, needed = paths.free_bytes(self.root), self._checkpoint_bytes * (1 + len(self._in_flight))
     if free is not None and free < needed:
       raise self._disk_full(which, step, needed)
 
@@ -456,215 +418,3 @@ class CheckpointStore:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("m3oe_jax: damaged checkpoints moved aside")
     self._open()
-
-
-# Compressed bytes fetched per read while streaming a chunk into its array.
-_READ_PIECE_BYTES = 1 << 20
-
-
-def _value_piece(kvstore, key: str, start: int) -> bytes | None:
-  """Up to _READ_PIECE_BYTES of a stored value from byte `start` (b"" past its
-  end), or None if there is no such value."""
-  try:
-    result = kvstore.read(key, byte_range=slice(start, start + _READ_PIECE_BYTES)).result()
-  except ValueError:  # OUT_OF_RANGE: the value ends within this piece
-    result = kvstore.read(key, byte_range=slice(start, None)).result()
-  return result.value if result.state == "value" else None
-
-
-def _unzstd_chunk_into(kvstore, key: str, out: np.ndarray) -> bool:
-  """Fills the contiguous array `out` with the chunk stored under `key` (one zstd
-  frame), fetching and decompressing one piece at a time. False if the chunk is
-  missing or does not decode to exactly `out`'s bytes."""
-  target = out.reshape(-1).view(np.uint8)
-  frame = zstandard.ZstdDecompressor().decompressobj()
-  start = written = 0
-  while not frame.eof:
-    piece = _value_piece(kvstore, key, start)
-    if not piece:
-      return False
-    start += len(piece)
-    try:
-      data = frame.decompress(piece)
-    except zstandard.ZstdError:
-      return False
-    if written + len(data) > target.size:
-      return False
-    target[written:written + len(data)] = np.frombuffer(data, np.uint8)
-    written += len(data)
-  return written == target.size and not frame.unused_data and (
-      _value_piece(kvstore, key, start) == b"")
-
-
-def _stream_array(store) -> np.ndarray | None:
-  """The whole array of an opened zarr (v2) tensorstore whose chunks are zstd
-  frames, each chunk decompressed straight into the result, so that no chunk's
-  compressed bytes are held whole; None for any other layout (the caller then
-  lets tensorstore read it). The result is 64-byte
-  aligned, which lets jax use it in place on a CPU device."""
-  spec = store.spec().to_json()
-  meta = spec.get("metadata", {})
-  dtype = np.dtype(store.dtype.numpy_dtype)
-  if (spec.get("driver") != "zarr" or (meta.get("compressor") or {}).get("id") != "zstd"
-      or meta.get("order") != "C" or meta.get("filters") or meta.get("dtype") != dtype.str):
-    return None
-  shape, chunks = tuple(meta["shape"]), tuple(meta["chunks"])
-  size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-  raw = np.empty(size + 64, np.uint8)
-  start = -raw.ctypes.data % 64
-  out = raw[start:start + size].view(dtype).reshape(shape)
-  separator = meta.get("dimension_separator", ".")
-  scratch = None  # one decoded chunk, for chunks that are not a run of whole rows of `out`
-  for index in np.ndindex(*(-(-s // c) for s, c in zip(shape, chunks))):
-    key = separator.join(map(str, index)) if shape else "0"
-    region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, shape))
-    if not shape or (chunks[1:] == shape[1:] and region[0].stop - region[0].start == chunks[0]):
-      if not _unzstd_chunk_into(store.kvstore, key, out[region] if shape else out.reshape(1)):
-        return None
-    else:
-      scratch = np.empty(chunks, dtype) if scratch is None else scratch
-      if not _unzstd_chunk_into(store.kvstore, key, scratch):
-        return None
-      out[region] = scratch[tuple(slice(0, r.stop - r.start) for r in region)]
-  out.flags.writeable = False
-  return out
-
-
-def _read_to_device(metadata, use_zarr3: bool, device):
-  """The arrays described by a tree of orbax ArrayMetadata, on `device`, read one
-  at a time (see _stream_array)."""
-  import tensorstore as ts  # pylint: disable=g-import-not-at-top
-  leaves, treedef = jax.tree.flatten(metadata)
-  if not leaves:
-    return metadata
-  use_ocdbt = ocp.type_handlers.is_ocdbt_checkpoint(leaves[0].directory)
-  context = ocp.type_handlers.get_ts_context(use_ocdbt=use_ocdbt)
-  opening = [ts.open(ocp.type_handlers.get_json_tspec_read(
-      ocp.type_handlers.ParamInfo(name=leaf.name, parent_dir=leaf.directory,
-                                  is_ocdbt_checkpoint=use_ocdbt, use_zarr3=use_zarr3,
-                                  ts_context=context),
-      use_ocdbt=use_ocdbt), open=True, context=context) for leaf in leaves]
-  arrays = []
-  for leaf, future in zip(leaves, opening):
-    store = future.result()
-    host = _stream_array(store)
-    if host is None:
-      host = np.asarray(store.read().result())
-    if host.shape != tuple(leaf.shape) or host.dtype != leaf.dtype:
-      raise WorkdirError(f"{leaf.directory}: the array {leaf.name} holds {host.dtype}"
-                         f"{list(host.shape)}, its metadata says {leaf.dtype}{list(leaf.shape)}; "
-                         "the checkpoint is damaged. Load another step or another checkpoint.")
-    arrays.append(jax.device_put(host, device, may_alias=True))
-    del host
-  return jax.tree.unflatten(treedef, arrays)
-
-
-def load_params(workdir: str | epath.PathLike, which: str = "best", step: int | None = None,
-                shardings=None):
-  """Variables (`params`, `batch_stats`), schema and config of a run, on one
-  device, without its mesh.
-
-  For notebooks: `variables, schema, config = load_params(workdir)` then
-  `build_model(config.model, schema).apply(variables, batch)`. Any
-  mesh, device count or process count may have written the checkpoint. `step`
-  picks one of the kept `which` checkpoints (default: the newest).
-
-  Only `params` and `batch_stats` are read: the optimizer moments and the step
-  stay on disk. Onto one device, each array is decompressed chunk by chunk
-  straight into its own buffer (which a CPU device then uses in place), so a
-  load peaks at about 1.14 times the variables' bytes for a 98 MiB table and 1.03
-  for a 489 MiB one (benchmarks/bench_load_params.py; the excess is about 13 MiB
-  whatever the size), against two for orbax's restore of the same
-  arrays and six for a whole-state restore. A layout other than what
-  `CheckpointStore` writes is read whole by tensorstore (about twice its bytes).
-
-  `shardings` (for `m3oe_jax.evaluate` on a mesh): a function from the tree of
-  `jax.ShapeDtypeStruct`s of the variables to lay out to a matching tree of
-  shardings; the arrays are then restored by orbax (each process reads its
-  shards). By default every array goes to this process's first device.
-  """
-  root = paths.resolve(workdir) / "checkpoints"
-  if which not in ("best", "latest"):
-    raise ValueError(f"which={which!r}: expected 'best' or 'latest'")
-  if not paths.exists(root / which):
-    raise MissingCheckpointError(f"no {which} checkpoint under {root} (no such directory); "
-                                 "check the workdir, or train first")
-  if step is not None:
-    return _load_step(root, which, step, shardings)
-  return read_newest(workdir, which, lambda s: _load_step(root, which, s, shardings))[1]
-
-
-def saved_steps(workdir: str | epath.PathLike, which: str) -> list[int]:
-  """The complete steps of `which` in a workdir, oldest first (orbax's temporary
-  folders of a save in progress are not complete steps)."""
-  folder = paths.resolve(workdir) / "checkpoints" / which
-  try:
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-  except FileNotFoundError:
-    return []
-
-
-def read_newest(workdir: str | epath.PathLike, which: str, read, attempts: int = 8):
-  """(step, read(step)) for the newest complete step of `which`.
-
-  A trainer running in the workdir saves new steps and prunes older ones: a
-  read that fails while the folder's steps changed (its step, or one orbax
-  lists beside it, was being removed) is made again at the then newest step.
-  Reads are checked (orbax refuses missing or truncated chunks), so a reader
-  gets a whole checkpoint or an error. A failure while nothing changed is
-  damage: raised."""
-  for _ in range(attempts):
-    kept = saved_steps(workdir, which)
-    if not kept:
-      raise MissingCheckpointError(
-          f"no {which} checkpoint under {paths.resolve(workdir) / 'checkpoints'}; check the "
-          "workdir, or train first")
-    step = kept[-1]
-    try:
-      return step, read(step)
-    except Exception:  # pylint: disable=broad-except
-      if saved_steps(workdir, which) == kept:
-        raise
-  raise WorkdirError(f"the {which} checkpoints under {paths.resolve(workdir) / 'checkpoints'} "
-                     f"were replaced {attempts} times while being read; try again")
-
-
-def _load_step(root: epath.Path, which: str, step: int, shardings):
-  """load_params of one step."""
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False,
-                                         enable_async_checkpointing=False)
-  handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-  with ocp.CheckpointManager(root / which, options=options, item_handlers=handlers) as mngr:
-    return _load_with(mngr, root, which, step, shardings)
-
-
-def _load_with(mngr, root: epath.Path, which: str, step: int, shardings):
-  kept = list(mngr.all_steps())
-  if step not in kept:
-    raise MissingCheckpointError(f"no {which} checkpoint {step} under {root} (kept: {kept})")
-  item = mngr.item_metadata(step)["state"]
-  metadata = getattr(item, "tree", item)
-  # Only the subtrees named here are read; an empty one (no BatchNorm) has no leaves.
-  wanted = {k: metadata[k] for k in ("params", "batch_stats")
-            if k in metadata and jax.tree.leaves(metadata[k])}
-  if shardings is None:
-    # The saved shardings name the writer's devices; every array goes to ours.
-    state = _read_to_device(wanted, bool(getattr(item, "use_zarr3", False)),
-                            jax.local_devices()[0])
-    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  else:
-    shapes = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), wanted)
-    target = jax.tree.map(
-        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-        shapes, shardings(shapes))
-    restore_args = jax.tree.map(
-        lambda leaf: ocp.ArrayRestoreArgs(sharding=leaf.sharding, global_shape=leaf.shape,
-                                          dtype=leaf.dtype), target)
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
-                                     partial_restore=True),
-        meta=ocp.args.JsonRestore()))
-    state, meta = restored["state"], restored["meta"]
-  config = ml_collections.ConfigDict(meta["config"])
-  variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
-  return variables, FeatureSchema.from_dict(meta["schema"]), config

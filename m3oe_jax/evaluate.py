@@ -2,7 +2,7 @@
 
 Reads the config and feature schema saved with the checkpoint, prepares the same
 data, restores only the variables (parameters and BatchNorm statistics; never
-the optimizer states, see `checkpoint.load_params`) onto a mesh of this job's
+the optimizer states, see `params_io.load_params`) onto a mesh of this job's
 devices (whatever mesh, device count and process count wrote them) and prints
 AUC and logloss per (domain, task) over the whole split. Needs neither an
 optimizer nor a train step: only the model and its jitted eval step. Every
@@ -18,7 +18,7 @@ import jax
 import ml_collections
 from absl import flags
 
-from m3oe_jax import checkpoint, cli, metrics, paths, sharding
+from m3oe_jax import checkpoint, cli, metrics, params_io, paths, sharding
 from m3oe_jax.data import FeatureSchema, load_dataset
 from m3oe_jax.errors import ConfigError, MissingCheckpointError, WorkdirError
 from m3oe_jax.trainer import Evaluator
@@ -44,7 +44,7 @@ def evaluate_checkpoint(workdir: str, split: str = "test", which: str = "best",
     raise MissingCheckpointError(f"no {which} checkpoint under {root} (no such directory); "
                                  "check --workdir, or pick another with --which")
   # The newest step, read whole even while a trainer replaces it.
-  _, result = checkpoint.read_newest(
+  _, result = params_io.read_newest(
       workdir, which, lambda step: _evaluate_step(workdir, which, step, split, mesh))
   return result
 
@@ -67,7 +67,7 @@ def _evaluate_step(workdir: str, which: str, step: int, split: str, mesh: dict |
   if split not in dataset.splits:
     raise ConfigError(f"--split={split!r}: the data has splits {sorted(dataset.splits)}")
   evaluator = Evaluator(config, dataset, sharding.make_mesh(config.mesh))
-  variables, _, _ = checkpoint.load_params(workdir, which, step, shardings=evaluator.shardings)
+  variables, _, _ = params_io.load_params(workdir, which, step, shardings=evaluator.shardings)
   result, _ = evaluator.evaluate(variables, split)
   return result
 

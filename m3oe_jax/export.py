@@ -253,15 +253,15 @@ def export_checkpoint(workdir: str, out: str, which: str = "best",
                       platforms: tuple[str, ...] | None = None,
                       data_dir: str | None = None) -> dict[str, str]:
   """Writes predict.jaxexport and schema.json of `workdir`'s checkpoint into `out`."""
-  from m3oe_jax import checkpoint, paths  # pylint: disable=g-import-not-at-top
+  from m3oe_jax import params_io, paths  # pylint: disable=g-import-not-at-top
   from m3oe_jax.models import build_model  # pylint: disable=g-import-not-at-top
   check_out(out)
   check_platforms(platforms)
-  if not checkpoint.saved_steps(workdir, which):
+  if not params_io.saved_steps(workdir, which):
     raise FileNotFoundError(f"no {which} checkpoint under {paths.resolve(workdir) / 'checkpoints'}"
                             f": nothing to export (train first, or pick --which=latest)")
-  step, (variables, schema, config) = checkpoint.read_newest(
-      workdir, which, lambda s: checkpoint.load_params(workdir, which, s))
+  step, (variables, schema, config) = params_io.read_newest(
+      workdir, which, lambda s: params_io.load_params(workdir, which, s))
   model = build_model(config.model, schema)
   serving = serving_schema(config, schema, which=which, step=step, data_dir=data_dir)
   exported = export_predict(model, variables, schema, platforms)

@@ -6,8 +6,10 @@ gs://); orbax writes the arrays through TensorStore's own GCS driver.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import shutil
 
 import fsspec
 from etils import epath
@@ -123,3 +125,40 @@ def write_tensorboard_through_epath() -> None:
   """Makes tensorboardX write gs:// event files as every other file here is."""
   from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
   record_writer.register_writer_factory("gs", _WholeObjectWriters())
+
+
+def is_disk_full(error: Exception | None) -> bool:
+  """Whether an error (an OSError, or TensorStore's message) is a full device."""
+  if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+    return True
+  text = str(error or "")
+  return "No space left on device" in text or "os_error_code='28'" in text
+
+
+def free_bytes(folder: epath.Path) -> int | None:
+  """The free bytes of a local folder's device (None for a URL or when unknown)."""
+  if is_url(folder):
+    return None
+  try:
+    return shutil.disk_usage(folder).free
+  except OSError:
+    return None
+
+
+def folder_bytes(folder: epath.Path) -> int:
+  """The bytes of the files under a local folder (0 for a URL)."""
+  if is_url(folder):
+    return 0
+  total = 0
+  for parent, _, files in os.walk(folder):
+    for name in files:
+      try:
+        total += os.lstat(os.path.join(parent, name)).st_size
+      except OSError:
+        pass
+  return total
+
+
+def mib(size: int | None) -> str:
+  """A size for messages."""
+  return "an unknown amount" if size is None else f"{size / 2**20:.1f} MiB"

@@ -435,8 +435,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
 def _disk_full(error: OSError, workdir: epath.Path) -> DiskFullError:
   where = "a device this run writes to"
   if error.filename:
-    free = checkpoint.free_bytes(paths.resolve(os.path.dirname(error.filename)))
-    where = f"the device of {error.filename} ({checkpoint.mib(free)} free)"
+    free = paths.free_bytes(paths.resolve(os.path.dirname(error.filename)))
+    where = f"the device of {error.filename} ({paths.mib(free)} free)"
   return DiskFullError(
       f"no space left on {where}. What was saved before (data already prepared, the "
       f"checkpoints in {workdir / 'checkpoints'}) is intact: free space (or move that folder "

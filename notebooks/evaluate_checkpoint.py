@@ -14,7 +14,7 @@
 # %% [markdown]
 # # Evaluate a checkpoint
 #
-# Loads the best checkpoint of a run on one CPU device (`checkpoint.load_params`:
+# Loads the best checkpoint of a run on one CPU device (`params_io.load_params`:
 # parameters and BatchNorm statistics only, no mesh, no optimizer), scores a split,
 # and shows the per-(domain, task) metrics, a reliability plot per task, M3oE's gates
 # and fusion weights, the predictions of a second run beside this one's, and how to
@@ -44,7 +44,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from m3oe_jax import export, metrics, step
-from m3oe_jax.checkpoint import load_params
+from m3oe_jax.params_io import load_params
 from m3oe_jax.data import load_dataset
 from m3oe_jax.models import build_model
 from m3oe_jax.models.base import per_domain_means

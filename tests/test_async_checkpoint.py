@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from m3oe_jax import checkpoint, sharding, train
+from m3oe_jax import checkpoint, params_io, sharding, train
 from m3oe_jax.data import load_dataset
 from m3oe_jax.errors import ConfigError
 from m3oe_jax.trainer import Trainer
@@ -63,7 +63,7 @@ def test_background_and_blocking_checkpoints_give_the_same_run(tmp_path):
     store = checkpoint.CheckpointStore(workdir, read_only=True)
     runs[asynchronous] = (json.loads((workdir / "metrics.json").read_text()),
                           store.checkpoints(), store.read_meta("latest")["progress"],
-                          checkpoint.load_params(workdir, "latest")[0])
+                          params_io.load_params(workdir, "latest")[0])
   background, blocking = runs[True], runs[False]
   assert background[:3] == blocking[:3]
   assert [s for s, w in background[1] if w == "latest"] == [50, 49]  # the last two kept

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from configs.sweeps import table2 as configs_table2
-from m3oe_jax import checkpoint, evaluate, paths, sweep, train
+from m3oe_jax import checkpoint, evaluate, params_io, paths, sweep, train
 from m3oe_jax.errors import ConfigError, DiskFullError, MissingCheckpointError
 from tests.helpers import REPO, tiny_train_config
 
@@ -50,7 +50,7 @@ def test_every_command_takes_relative_and_home_paths(tmp_path):
                  cwd=tmp_path, env=env)
   assert trained.returncode == 0, trained.stderr
   workdir = tmp_path / "runs" / "x"
-  assert checkpoint.saved_steps(workdir, "best") and not _partial_steps(workdir)
+  assert params_io.saved_steps(workdir, "best") and not _partial_steps(workdir)
   shutil.copytree(workdir, tmp_path / "home" / "x")
 
   (tmp_path / "sub").mkdir()
@@ -139,7 +139,7 @@ def test_a_write_that_fails_for_space_leaves_no_partial_step(tmp_path, monkeypat
     store.save("latest", state.replace(step=np.asarray(step, np.int32)), progress, config,
                _schema(tmp_path))
   assert not _partial_steps(tmp_path)
-  assert checkpoint.saved_steps(tmp_path, "latest")[-1] == step - 1
+  assert params_io.saved_steps(tmp_path, "latest")[-1] == step - 1
 
 
 def _abstract_state(config, workdir):
@@ -167,16 +167,16 @@ def test_readers_get_whole_checkpoints_while_a_trainer_prunes_them(tmp_path):
       cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.time() + 300
-    while len(checkpoint.saved_steps(workdir, "latest")) < 2 and time.time() < deadline:
+    while len(params_io.saved_steps(workdir, "latest")) < 2 and time.time() < deadline:
       assert trainer.poll() is None, trainer.stderr.read()
       time.sleep(0.2)
     loads, evaluations, steps = 0, 0, set()
     while trainer.poll() is None and loads < 60:
-      variables, _, _ = checkpoint.load_params(workdir, "latest")
+      variables, _, _ = params_io.load_params(workdir, "latest")
       for table in jax.tree.leaves(variables["params"]["embedding"]):
         assert np.all(np.isfinite(table)) and np.any(table != 0)
       loads += 1
-      steps.add(checkpoint.saved_steps(workdir, "latest")[-1])
+      steps.add(params_io.saved_steps(workdir, "latest")[-1])
       if loads % 20 == 0:
         result = evaluate.evaluate_checkpoint(str(workdir), "validation", "latest")
         assert result["mean_auc"] is not None
@@ -201,7 +201,7 @@ def test_a_reader_moves_on_when_its_step_is_pruned_under_it(tmp_path):
       raise FileNotFoundError("6/state/...: missing chunk")
     return f"read {step}"
 
-  assert checkpoint.read_newest(tmp_path, "latest", read) == (8, "read 8")
+  assert params_io.read_newest(tmp_path, "latest", read) == (8, "read 8")
   assert reads == [6, 8]
 
 
@@ -212,9 +212,9 @@ def test_a_step_that_fails_to_read_while_it_exists_is_damage_not_a_race(tmp_path
     raise KeyError("meta")
 
   with pytest.raises(KeyError):
-    checkpoint.read_newest(tmp_path, "latest", read)
+    params_io.read_newest(tmp_path, "latest", read)
   with pytest.raises(MissingCheckpointError):
-    checkpoint.read_newest(tmp_path / "none", "latest", read)
+    params_io.read_newest(tmp_path / "none", "latest", read)
 
 
 # 8. Refused runs leave nothing behind; messages say what was saved.

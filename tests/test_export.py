@@ -21,7 +21,7 @@ import pytest
 
 from configs import movielens as movielens_config
 from configs import synthetic as synthetic_config
-from m3oe_jax import checkpoint, export, sharding
+from m3oe_jax import checkpoint, export, params_io, sharding
 from m3oe_jax.data import load_dataset
 from m3oe_jax.models import MODELS
 from m3oe_jax.trainer import Trainer
@@ -265,7 +265,7 @@ def test_load_params_reads_every_layout_exactly(tmp_path, monkeypatch):
   subprocess.run([sys.executable, "-c", SAVE_ON_A_MESH, str(tmp_path), json.dumps(schema)],
                  check=True, cwd=REPO, env=cpu_env(8), timeout=300)
   streamed = []
-  stream = checkpoint._stream_array  # pylint: disable=protected-access
+  stream = params_io._stream_array  # pylint: disable=protected-access
 
   def counted(store):
     out = stream(store)
@@ -273,16 +273,16 @@ def test_load_params_reads_every_layout_exactly(tmp_path, monkeypatch):
       streamed.append(store.kvstore.path.rstrip("/"))
     return out
 
-  monkeypatch.setattr(checkpoint, "_stream_array", counted)
+  monkeypatch.setattr(params_io, "_stream_array", counted)
   device = jax.local_devices()[0]
   everything = {"params.rows", "params.rows_cols", "params.cols", "params.whole",
                 "params.zeros", "params.scalar", "params.ints", "params.flags",
                 "batch_stats.mean"}
   for streaming, want_streamed in ((True, everything), (False, set())):
     if not streaming:
-      monkeypatch.setattr(checkpoint, "_stream_array", lambda store: None)
+      monkeypatch.setattr(params_io, "_stream_array", lambda store: None)
     streamed.clear()
-    variables, loaded_schema, config = checkpoint.load_params(tmp_path, "best", step=7)
+    variables, loaded_schema, config = params_io.load_params(tmp_path, "best", step=7)
     assert config.seed == 3 and loaded_schema.task_names == ("click",)
     assert set(variables) == {"params", "batch_stats"}
     for path, leaf in jax.tree.flatten_with_path(variables)[0]:
@@ -310,7 +310,7 @@ def test_stream_array_fills_edge_chunks_and_hands_other_layouts_to_tensorstore()
                      "metadata": {"shape": [20, 8], "chunks": chunks, "dtype": dtype,
                                   "order": order, "compressor": {"id": "zstd"}}}).result()
     store.write(want).result()
-    got = checkpoint._stream_array(store)  # pylint: disable=protected-access
+    got = params_io._stream_array(store)  # pylint: disable=protected-access
     if not streams:
       assert got is None, (chunks, order, dtype)
       continue

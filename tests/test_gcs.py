@@ -23,7 +23,7 @@ import pytest
 from etils import epath
 
 from configs.sweeps import table2 as configs_table2
-from m3oe_jax import checkpoint, paths, sweep, train
+from m3oe_jax import checkpoint, params_io, paths, sweep, train
 from m3oe_jax.errors import ConfigError, WorkdirError
 from tests import event_files
 from tests.helpers import REPO, free_port, tiny_train_config
@@ -102,11 +102,11 @@ def test_bucket_listings_see_writes_made_elsewhere(gcs):
   import tensorstore as ts  # pylint: disable=g-import-not-at-top
   workdir = f"gs://{BUCKET}/listing"
   (epath.Path(workdir) / "checkpoints" / "latest" / "1" / "x").write_text("1")
-  assert checkpoint.saved_steps(workdir, "latest") == [1]
+  assert params_io.saved_steps(workdir, "latest") == [1]
   store = ts.KvStore.open({"driver": "gcs", "bucket": BUCKET,
                            "path": "listing/checkpoints/latest/"}).result()
   store.write("2/x", b"2").result()
-  assert checkpoint.saved_steps(workdir, "latest") == [1, 2]
+  assert params_io.saved_steps(workdir, "latest") == [1, 2]
 
 
 def test_missing_filesystem_package_is_one_line():
@@ -146,7 +146,7 @@ def test_a_damaged_checkpoint_in_a_bucket_is_moved_aside(gcs, caplog):
   moved = sorted(p.name.rsplit("-", 1)[0]
                  for p in (workdir / "checkpoints" / checkpoint.DAMAGED).iterdir())
   assert moved == ["best-25", "latest-25"]
-  assert checkpoint.saved_steps(workdir, "latest") == [20, 25]
+  assert params_io.saved_steps(workdir, "latest") == [20, 25]
 
 
 @pytest.mark.slow
@@ -155,7 +155,7 @@ def test_gs_workdir_trains_resumes_evaluates_and_loads(gcs, tmp_path):
   first = _run(["m3oe_jax.train", TINY, f"--workdir={workdir}", "--config.num_epochs=2"],
                gcs, tmp_path)
   assert first.returncode == 0, first.stderr
-  assert checkpoint.saved_steps(workdir, "best") == [50]
+  assert params_io.saved_steps(workdir, "best") == [50]
   epochs = [json.loads(l)["epoch"] for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert epochs == [0, 1]
   assert list((workdir / "compilation_cache").iterdir())
@@ -199,10 +199,10 @@ def test_gs_workdir_trains_resumes_evaluates_and_loads(gcs, tmp_path):
   assert json.loads((workdir / "export" / "schema.json").read_text())["model"] == "m3oe"
   assert served.in_avals and not (tmp_path / "gs:").exists()
 
-  variables, schema, config = checkpoint.load_params(str(workdir))
+  variables, schema, config = params_io.load_params(str(workdir))
   assert config.num_epochs == 3 and schema.num_tasks == 2
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  restored, _, _ = checkpoint.load_params(
+  restored, _, _ = params_io.load_params(
       str(workdir), shardings=lambda shapes: jax.tree.map(lambda _: device, shapes))
   streamed, by_orbax = jax.tree.leaves(variables), jax.tree.leaves(restored)
   assert len(streamed) == len(by_orbax) > 0

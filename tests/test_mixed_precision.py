@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from configs import synthetic as synthetic_config
-from m3oe_jax import checkpoint, train
+from m3oe_jax import params_io, train
 
 AUC_TOLERANCE = 0.003
 
@@ -38,6 +38,6 @@ def test_bfloat16_training_matches_float32_test_auc(tmp_path):
   assert full["mean_auc"] > 0.5 + 0.8 * (bayes - 0.5)  # the runs learned something to compare
 
   # The bfloat16 run's checkpoint holds float32 parameters.
-  variables, _, config = checkpoint.load_params(str(tmp_path / "bfloat16"))
+  variables, _, config = params_io.load_params(str(tmp_path / "bfloat16"))
   assert config.model.dtype == "bfloat16"
   assert {np.dtype(leaf.dtype) for leaf in jax.tree.leaves(variables)} == {np.dtype(np.float32)}

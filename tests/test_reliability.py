@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from m3oe_jax import checkpoint, evaluate, train
+from m3oe_jax import checkpoint, evaluate, params_io, train
 from m3oe_jax.errors import ConfigError, WorkdirError
 from m3oe_jax.workdir_lock import LOCK_FILE, WorkdirLock
 from tests.helpers import REPO, tiny_train_config
@@ -267,7 +267,7 @@ def test_a_runaway_loss_stops_the_run_naming_the_step_and_the_setting(tmp_path):
   assert not (tmp_path / "metrics.json").exists()
   store = checkpoint.CheckpointStore(tmp_path, read_only=True)
   assert store.latest_step() is not None  # the good steps before it were kept
-  variables, _, _ = checkpoint.load_params(tmp_path, "latest")
+  variables, _, _ = params_io.load_params(tmp_path, "latest")
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables))
 
 

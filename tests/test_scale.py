@@ -35,7 +35,7 @@ import jax
 import numpy as np
 import pytest
 
-from m3oe_jax import checkpoint
+from m3oe_jax import params_io
 from tests import event_files
 from tests.helpers import cpu_env, free_port
 
@@ -84,7 +84,7 @@ def _losses(workdir) -> dict[int, float]:
 
 
 def _params(workdir, which="latest"):
-  variables, _, _ = checkpoint.load_params(workdir, which)
+  variables, _, _ = params_io.load_params(workdir, which)
   return variables["params"]
 
 
@@ -160,7 +160,7 @@ def test_every_mesh_and_process_count_gives_the_single_device_numbers(runs, name
 
 def test_padding_rows_of_row_sharded_tables_stay_zero(runs):
   w, _, _ = runs
-  variables, schema, _ = checkpoint.load_params(w["2x4"], "latest")
+  variables, schema, _ = params_io.load_params(w["2x4"], "latest")
   params = variables["params"]
   for feature, vocab in zip(schema.sparse_names, schema.vocab_sizes):
     table = np.asarray(params["embedding"][feature])

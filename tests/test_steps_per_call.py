@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from m3oe_jax import checkpoint, train
+from m3oe_jax import checkpoint, params_io, train
 from m3oe_jax.errors import ConfigError
 from tests import event_files
 from tests.helpers import REPO, cpu_env, free_port, tiny_train_config
@@ -101,8 +101,8 @@ def test_the_trainer_gives_the_same_run_whatever_k_even_when_k_changes_on_resump
   assert (json.loads((changed / "metrics.json").read_text())
           == json.loads((single / "metrics.json").read_text()))
   for which in ("latest", "best"):
-    a, _, _ = checkpoint.load_params(single, which)
-    b, _, _ = checkpoint.load_params(changed, which)
+    a, _, _ = params_io.load_params(single, which)
+    b, _, _ = params_io.load_params(changed, which)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   stores = [checkpoint.CheckpointStore(w, read_only=True) for w in (single, changed)]
@@ -173,8 +173,8 @@ def test_two_processes_with_k_steps_per_call_stop_together_and_resume(tmp_path):
   single = tmp_path / "single"
   train.train_and_evaluate(tiny_train_config(**{"num_epochs": 2, "optimizer.model_lr": 1e-3}),
                            str(single))
-  a, _, _ = checkpoint.load_params(single, "latest")
-  b, _, _ = checkpoint.load_params(workdir, "latest")
+  a, _, _ = params_io.load_params(single, "latest")
+  b, _, _ = params_io.load_params(workdir, "latest")
   worst = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   assert worst < 1e-5

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from m3oe_jax import checkpoint, evaluate, train
+from m3oe_jax import checkpoint, evaluate, params_io, train
 from m3oe_jax.data import load_dataset
 from m3oe_jax.errors import WorkdirError
 from m3oe_jax.models import build_model
@@ -65,7 +65,7 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(finished_run):
 
 def test_checkpoint_loads_in_a_notebook_without_the_mesh(finished_run):
   config, workdir, result = finished_run
-  variables, schema, saved_config = checkpoint.load_params(workdir, "best")
+  variables, schema, saved_config = params_io.load_params(workdir, "best")
   model = build_model(saved_config.model, schema)
   test = load_dataset(config.data).splits["test"]
   batch = test.take(np.arange(len(test)))
@@ -107,7 +107,7 @@ def test_non_finite_loss_stops_without_saving_bad_state(tmp_path):
   store = checkpoint.CheckpointStore(tmp_path, read_only=True)
   for mngr in (store.latest, store.best):
     for step_number in mngr.all_steps():
-      variables, _, _ = checkpoint.load_params(tmp_path, "latest" if mngr is store.latest
+      variables, _, _ = params_io.load_params(tmp_path, "latest" if mngr is store.latest
                                                else "best")
       assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables))
 

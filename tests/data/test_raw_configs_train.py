@@ -69,8 +69,8 @@ def test_tiny_offline_short_training_run(name, tmp_path):
   assert ds.schema.source["checksum"] == c.data.archive_checksum
   assert ds.schema.source["kind"] == "archive"
   # The checkpoint carries the schema, so the model can be evaluated without raw data.
-  from m3oe_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  _, schema, _ = checkpoint.load_params(str(tmp_path / "work"))
+  from m3oe_jax import params_io  # pylint: disable=g-import-not-at-top
+  _, schema, _ = params_io.load_params(str(tmp_path / "work"))
   assert schema.model_signature() == ds.schema.model_signature()
   assert schema.source["checksum"] == c.data.archive_checksum
   assert schema.source["counts"] == ds.schema.source["counts"]
