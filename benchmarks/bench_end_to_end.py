@@ -51,7 +51,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=wrong-import-position
 from benchmarks.common import MOVIELENS_SCHEMA, random_rows
-from m3oe_jax import sharding, train
+from m3oe_jax import run_context, sharding, train
 from m3oe_jax.config_utils import add_paper_training, shrink_to_tiny
 from m3oe_jax.data import pipeline
 from m3oe_jax.data.pipeline import ArraySource, Dataset
@@ -154,7 +154,7 @@ def measure(dataset: Dataset, root: pathlib.Path, batch_size: int, k: int, prefe
   state, rate = pure_step_rate(trainer, state, batch_size, k, calls)
   step_rates.append(rate)
   for repeat in range(_REPEATS.value):
-    timings = train.Timings()
+    timings = run_context.Timings()
     workdir = root / f"b{batch_size}_k{k}_p{prefetch}_{dtype}_a{int(asynchronous)}_r{repeat}"
     with contextlib.redirect_stdout(io.StringIO()):  # the run's metric tables
       train.train_and_evaluate(config, str(workdir), dataset=dataset, timings=timings)

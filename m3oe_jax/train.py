@@ -8,14 +8,11 @@ checkpoint; a finished run only re-reports its test metrics, and a larger
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import errno
 import functools
 import json
 import math
 import os
-import signal
 import time
 
 import jax
@@ -23,11 +20,10 @@ import ml_collections
 import numpy as np
 from absl import flags, logging
 from etils import epath
-from jax.experimental import multihost_utils
-from jax.experimental.compilation_cache import compilation_cache
 from ml_collections import config_flags
 
-from m3oe_jax import checkpoint, cli, data, metrics, models, optim, paths, run_identity, sharding
+from m3oe_jax import (checkpoint, cli, data, metrics, models, optim, paths, run_context,
+                      run_identity, run_log, sharding)
 from m3oe_jax.data import load_dataset, pipeline, variants
 from m3oe_jax.errors import ConfigError, DiskFullError, UserError, WorkdirError
 from m3oe_jax.trainer import Trainer
@@ -39,94 +35,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 # best: the weights of the best validation mean AUC; reference: as the authors'
 # trainers, the best if early stopping fired and the last weights otherwise.
 TEST_WEIGHTS = ("best", "reference")
-# A loss above this multiple of its reference stops the run (config.divergence_factor).
-DIVERGENCE_FACTOR = 10.0
-DIVERGENCE_WINDOW = 100
-
-
-class TrainingDivergedError(UserError, FloatingPointError):
-  """The loss ran away or a value became non-finite; the checkpoints already
-  saved, if any, hold the last good state."""
-
-
-class NonFiniteLossError(TrainingDivergedError):
-  pass
-
-
-class _PreemptedDuringStartup(Exception):
-  pass
-
-
-@dataclasses.dataclass
-class Timings:
-  """Wall-clock seconds of a run's phases, filled in by `train_and_evaluate`.
-
-  `epochs`: (epoch, steps, seconds) of each epoch's training calls (batches,
-  steps, logging and health checks, and the epoch's architecture steps; not its
-  checkpoints). `evaluation` and `checkpointing`: seconds of each validation /
-  test pass and of each save. `compilation`: seconds JAX spent compiling or
-  reading programs from the persistent cache, `programs` how many, `cache_hits`
-  how many came from the cache; `first_call`: the first training call, compile
-  included."""
-  epochs: list = dataclasses.field(default_factory=list)
-  evaluation: list = dataclasses.field(default_factory=list)
-  checkpointing: list = dataclasses.field(default_factory=list)
-  compilation: float = 0.0
-  programs: int = 0
-  cache_hits: int = 0
-  first_call: float | None = None
-
-
-# JAX's monitoring events, counted for the whole process; a run reports the change.
-_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
-_compiles = {"seconds": 0.0, "programs": 0, "cache_hits": 0}
-
-
-def _on_duration(event, duration, **kwargs):
-  del kwargs
-  if event == _COMPILE_EVENT:
-    _compiles["seconds"] += duration
-    _compiles["programs"] += 1
-
-
-def _on_event(event, **kwargs):
-  del kwargs
-  if event == _CACHE_HIT_EVENT:
-    _compiles["cache_hits"] += 1
-
-
-jax.monitoring.register_event_duration_secs_listener(_on_duration)
-jax.monitoring.register_event_listener(_on_event)
-
-
-class _CompilationCache:
-  """Points JAX's persistent compilation cache at `config.compilation_cache_dir`
-  for the run (every program is cached, however fast it compiled) and restores
-  the previous settings afterwards. "" leaves JAX's settings alone."""
-
-  def __init__(self, folder: str, workdir: epath.Path):
-    self.folder = str(paths.resolve(folder.replace("{workdir}", str(workdir)))) if folder else ""
-    self.previous = None
-
-  def __enter__(self):
-    if self.folder:
-      self.previous = (jax.config.jax_compilation_cache_dir,
-                       jax.config.jax_persistent_cache_min_compile_time_secs)
-      jax.config.update("jax_compilation_cache_dir", self.folder)
-      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-      compilation_cache.reset_cache()
-    self.start = dict(_compiles)
-    return self
-
-  def spent(self) -> dict:
-    return {k: _compiles[k] - self.start[k] for k in _compiles}
-
-  def __exit__(self, *exc_info):
-    if self.previous is not None:
-      jax.config.update("jax_compilation_cache_dir", self.previous[0])
-      jax.config.update("jax_persistent_cache_min_compile_time_secs", self.previous[1])
-      compilation_cache.reset_cache()
 
 
 @jax.jit
@@ -138,7 +46,7 @@ def _all_finite(tree) -> jax.Array:
 def _save(store, which, state, progress, config, schema, validation=None):
   """Saves `state` unless it holds a non-finite parameter (then raises)."""
   if not bool(_all_finite(state.params)):
-    raise NonFiniteLossError(
+    raise run_log.NonFiniteLossError(
         f"non-finite parameters at step {int(state.step)}; stopping without saving. "
         f"{store.kept_description()} Lower config.optimizer.model_lr and train in a new "
         "--workdir, or inspect the data.")
@@ -169,7 +77,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                "checkpoint_every_steps", "patience"):
     if int(config[name]) < 1 or int(config[name]) != config[name]:
       raise ConfigError(f"config.{name} must be a whole number >= 1, got {config[name]}")
-  factor = config.get("divergence_factor", DIVERGENCE_FACTOR)
+  factor = config.get("divergence_factor", run_log.DIVERGENCE_FACTOR)
   if factor != 0 and not factor > 1:
     raise ConfigError(f"config.divergence_factor must be 0 (no check) or > 1, got {factor}")
   for name, least in (("steps_per_call", 1), ("prefetch_batches", 0)):
@@ -216,177 +124,8 @@ def _note_finished_run(progress: checkpoint.Progress, num_epochs: int) -> None:
                  "config.num_epochs continues it).", num_epochs)
 
 
-class _PreemptionWatch:
-  """Notes SIGTERM so the loop can save at the current step and exit cleanly.
-
-  One process: a Python SIGTERM handler. Until `training_started()`, a SIGTERM
-  stops the start-up at once (nothing has been trained, so nothing is saved, and
-  the command exits 0); after it, the loop saves at the current step. Several
-  processes: JAX's preemption service (started by jax.distributed.initialize)
-  catches the signal in any process and agrees with the others on one step at
-  which all of them stop.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self.started = False
-    self.previous = None
-    if jax.process_count() > 1:
-      return
-    try:
-      self.previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-      pass
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-    if not self.started:
-      raise _PreemptedDuringStartup()
-
-  def training_started(self) -> None:
-    self.started = True
-    if self.requested:
-      raise _PreemptedDuringStartup()
-
-  def close(self) -> None:
-    if self.previous is not None:
-      signal.signal(signal.SIGTERM, self.previous)
-      self.previous = None
-
-  def should_stop(self, step_number: int) -> bool:
-    """Call at every step, in every process."""
-    if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step_number)
-    return self.requested
-
-
-class _Logger:
-  """Progress lines on the console, scalars to TensorBoard (process 0 only)."""
-
-  def __init__(self, workdir: epath.Path, total_steps: int, batch_size: int,
-               divergence_factor: float, advice):
-    self.writer = None
-    self.workdir = workdir
-    if jax.process_index() == 0:
-      from tensorboardX import SummaryWriter
-      paths.write_tensorboard_through_epath()
-      self.writer = SummaryWriter(str(workdir / "tensorboard"))
-    self.total_steps = total_steps
-    self.batch_size = batch_size
-    self.pending: list[tuple[int, jax.Array]] = []  # (first step, losses [steps])
-    self.mark = (time.perf_counter(), None)
-    self.divergence_factor = divergence_factor
-    self.advice = advice
-    self.first_loss = None
-    self.recent = collections.deque(maxlen=DIVERGENCE_WINDOW)
-
-  def add_losses(self, first_step: int, losses: jax.Array) -> None:
-    """The losses [n] of steps `first_step` .. `first_step + n - 1` (one call)."""
-    self.pending.append((first_step, losses))
-
-  def wait_for_previous_step(self) -> None:
-    """Keeps at most two calls in flight: the device stays busy while the host
-    dispatches the next one, and the queue of dispatched steps stays short (XLA's
-    CPU collectives time out when hundreds of steps are queued on a simulated
-    mesh)."""
-    if len(self.pending) > 1:
-      self.pending[-2][1].block_until_ready()
-
-  def check_health(self) -> None:
-    """Raises on the first non-finite or runaway loss since the last check.
-
-    Runaway: above `divergence_factor` times the smaller of the first loss this
-    process saw and the median of the last DIVERGENCE_WINDOW healthy losses, and
-    above that first loss (so a run that has converged to a tiny loss may still
-    fluctuate)."""
-    values, steps = [], []
-    for (first, _), losses in zip(self.pending,
-                                  jax.device_get([loss for _, loss in self.pending])):
-      losses = np.ravel(losses)
-      values += [float(v) for v in losses]
-      steps += range(first, first + len(losses))
-    for step_number, value in zip(steps, values):
-      if not math.isfinite(value):
-        raise NonFiniteLossError(f"training loss is {value} at step {step_number}; "
-                                 f"stopping. {self.advice()}")
-      if self.first_loss is None:
-        self.first_loss = value
-      reference = min(self.first_loss, float(np.median(self.recent))) if self.recent else None
-      if (self.divergence_factor and reference is not None and value > self.first_loss
-          and value > self.divergence_factor * reference):
-        raise TrainingDivergedError(
-            f"training diverged at step {step_number}: loss {value:.4g} is over "
-            f"config.divergence_factor={self.divergence_factor:g} times the reference "
-            f"{reference:.4g} (the smaller of the first loss and the median of the last "
-            f"{len(self.recent)}); stopping. {self.advice()} A loss that legitimately "
-            "jumps may raise config.divergence_factor (0 turns the check off).")
-      self.recent.append(value)
-    self.values = values
-
-  def flush_progress(self, step_number: int) -> None:
-    if not self.pending:
-      return
-    self.check_health()
-    now = time.perf_counter()
-    start_time, start_step = self.mark
-    steps = step_number - (start_step if start_step is not None else self.pending[0][0] - 1)
-    rate = steps * self.batch_size / max(now - start_time, 1e-9)
-    loss = float(np.mean(self.values))
-    eta = (self.total_steps - step_number) * self.batch_size / max(rate, 1e-9)
-    logging.info("step %d/%d  %.0f examples/s  loss %.5f  ETA %s", step_number,
-                 self.total_steps, rate, loss, time.strftime("%H:%M:%S", time.gmtime(eta)))
-    self.scalars({"train/loss": loss, "train/examples_per_second": rate}, step_number)
-    self.pending = []
-    self.mark = (now, step_number)
-
-  def restart_clock(self, step_number: int) -> None:
-    """Rates from now on count from `step_number` (after evaluation, a resume)."""
-    self.mark = (time.perf_counter(), step_number)
-
-  def scalars(self, values: dict[str, float], step_number: int) -> None:
-    if self.writer is not None:
-      for name, value in values.items():
-        self.writer.add_scalar(name, value, step_number)
-
-  def epoch_record(self, epoch: int, step_number: int, validation: dict,
-                   diagnostics: dict) -> None:
-    """Appends the epoch's validation metrics and diagnostics to `metrics.jsonl`
-    (one JSON object per line; a rerun after a kill may repeat an epoch, and the
-    last line of an epoch is the one that counts)."""
-    if jax.process_index() != 0:
-      return
-    record = {"epoch": epoch, "step": step_number, "validation": validation,
-              "diagnostics": {k: v if isinstance(v, dict) else np.asarray(v).tolist()
-                              for k, v in diagnostics.items()}}
-    paths.append_text(self.workdir / "metrics.jsonl", json.dumps(record) + "\n")
-
-  def close(self):
-    if self.writer is not None:
-      self.writer.close()
-
-
-def _diagnostic_scalars(diagnostics: dict, schema) -> dict[str, float]:
-  """TensorBoard scalars of a model's diagnostics (see models/base.py): a dict of
-  scalars as `<name>/<key>`; a per-domain mean [D, T, K...] as
-  `<name>/<domain>/<task>/<k>`."""
-  values = {}
-  for name, value in diagnostics.items():
-    if isinstance(value, dict):
-      values.update({f"{name}/{key}": float(v) for key, v in value.items()})
-      continue
-    for index in np.ndindex(*value.shape):
-      parts = [schema.domain_names[index[0]]]
-      if len(index) > 1 and value.shape[1] == schema.num_tasks:
-        parts.append(schema.task_names[index[1]])
-        parts += [str(i) for i in index[2:]]
-      else:
-        parts += [str(i) for i in index[1:]]
-      values[f"{name}/" + "/".join(parts)] = float(value[index])
-  return values
-
-
-def _preempted(logger: _Logger, store: checkpoint.CheckpointStore, step_number: int) -> dict:
+def _preempted(logger: run_log.RunLog, store: checkpoint.CheckpointStore,
+               step_number: int) -> dict:
   logger.close()
   logging.info("preempted: saved step %d to %s; rerun the same command to resume",
                step_number, store.root)
@@ -394,7 +133,7 @@ def _preempted(logger: _Logger, store: checkpoint.CheckpointStore, step_number: 
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None,
-                       timings: Timings | None = None) -> dict:
+                       timings: run_context.Timings | None = None) -> dict:
   """Trains with early stopping, then evaluates the best weights on the test split.
 
   Returns the test metrics (also written to `workdir/metrics.json`). Holds the
@@ -405,10 +144,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   """
   check_config(config)
   workdir = paths.resolve(workdir)
-  preemption = _PreemptionWatch()
-  timings = Timings() if timings is None else timings
+  preemption = run_context.PreemptionWatch()
+  timings = run_context.Timings() if timings is None else timings
   try:
-    with WorkdirLock(workdir, in_use=lambda: preemption.started), _CompilationCache(
+    with WorkdirLock(workdir, in_use=lambda: preemption.started), run_context.CompilationCache(
         config.get("compilation_cache_dir", ""), workdir) as cache:
       try:
         return _train_and_evaluate(config, workdir, preemption, dataset, timings)
@@ -419,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
         logging.info("compilation: %.1f s for %d programs, %d of them from the persistent "
                      "cache %s", timings.compilation, timings.programs, timings.cache_hits,
                      cache.folder or "(not set by config.compilation_cache_dir)")
-  except _PreemptedDuringStartup:
+  except run_context.PreemptedDuringStartup:
     logging.info("SIGTERM during start-up: stopped before training; the workdir's "
                  "checkpoints are as they were; rerun the same command to resume")
     return {"preempted": True, "step": None}
@@ -429,7 +168,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
     raise _disk_full(e, workdir) from e
   finally:
     preemption.close()
-
 
 
 def _disk_full(error: OSError, workdir: epath.Path) -> DiskFullError:
@@ -462,8 +200,8 @@ def _reaches_multiple(step_number: int, count: int, every: int) -> bool:
   return step_number // every > (step_number - count) // every
 
 
-def _train_and_evaluate(config, workdir: epath.Path, preemption: _PreemptionWatch, dataset,
-                        timings: Timings) -> dict:
+def _train_and_evaluate(config, workdir: epath.Path, preemption: run_context.PreemptionWatch,
+                        dataset, timings: run_context.Timings) -> dict:
   if dataset is None:
     dataset = load_dataset(config.data, config.get("variant"))
   num_train = len(dataset.splits["train"])
@@ -477,8 +215,8 @@ def _train_and_evaluate(config, workdir: epath.Path, preemption: _PreemptionWatc
     return _train_then_test(config, workdir, preemption, dataset, timings, trainer, store)
 
 
-def _train_then_test(config, workdir: epath.Path, preemption: _PreemptionWatch, dataset,
-                     timings: Timings, trainer: Trainer,
+def _train_then_test(config, workdir: epath.Path, preemption: run_context.PreemptionWatch,
+                     dataset, timings: run_context.Timings, trainer: Trainer,
                      store: checkpoint.CheckpointStore) -> dict:
   """Resumes or starts, trains epoch by epoch, then tests the chosen weights."""
   store.check_compatible(config, dataset.schema)
@@ -501,8 +239,8 @@ def _train_then_test(config, workdir: epath.Path, preemption: _PreemptionWatch, 
             "train in a new --workdir (the learning rate cannot change on resumption), or "
             "inspect the data.")
 
-  logger = _Logger(workdir, steps_per_epoch * config.num_epochs, config.batch_size,
-                   float(config.get("divergence_factor", DIVERGENCE_FACTOR)), advice)
+  logger = run_log.RunLog(workdir, steps_per_epoch * config.num_epochs, config.batch_size,
+                          float(config.get("divergence_factor", run_log.DIVERGENCE_FACTOR)), advice)
   schedule = trainer.schedule
   steps_per_call = int(config.get("steps_per_call", 1))
   depth = int(config.get("prefetch_batches", 2))
@@ -569,7 +307,7 @@ def _train_then_test(config, workdir: epath.Path, preemption: _PreemptionWatch, 
     epoch = progress.epoch
     logging.info("epoch %d\n%s", epoch, metrics.format_table(validation, "validation"))
     logger.scalars({**metrics.scalars(validation, "validation"),
-                    **_diagnostic_scalars(diagnostics, dataset.schema)}, int(state.step))
+                    **run_log.diagnostic_scalars(diagnostics, dataset.schema)}, int(state.step))
     logger.epoch_record(epoch, int(state.step), validation, diagnostics)
     progress.epoch, progress.batch = epoch + 1, 0
     score = validation["mean_auc"]

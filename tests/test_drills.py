@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from configs.sweeps import table2 as configs_table2
-from m3oe_jax import checkpoint, evaluate, params_io, paths, sweep, train
+from m3oe_jax import checkpoint, evaluate, params_io, paths, run_log, sweep, train
 from m3oe_jax.errors import ConfigError, DiskFullError, MissingCheckpointError
 from tests.helpers import REPO, tiny_train_config
 
@@ -235,7 +235,7 @@ def test_an_existing_workdir_is_left_as_it_was_when_the_run_is_refused(tmp_path)
 
 def test_a_divergence_before_any_save_says_nothing_was_saved(tmp_path):
   config = tiny_train_config(**{"optimizer.model_lr": 1e6, "log_every_steps": 1})
-  with pytest.raises(train.TrainingDivergedError,
+  with pytest.raises(run_log.TrainingDivergedError,
                      match="No checkpoint of this run was saved before it"):
     train.train_and_evaluate(config, str(tmp_path))
   assert not checkpoint.CheckpointStore(tmp_path, read_only=True).checkpoints()

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from m3oe_jax import checkpoint, evaluate, params_io, train
+from m3oe_jax import checkpoint, evaluate, params_io, run_log, train
 from m3oe_jax.errors import ConfigError, WorkdirError
 from m3oe_jax.workdir_lock import LOCK_FILE, WorkdirLock
 from tests.helpers import REPO, tiny_train_config
@@ -261,7 +261,7 @@ def test_sigterm_during_start_up_exits_0_and_saves_nothing(tmp_path):
 def test_a_runaway_loss_stops_the_run_naming_the_step_and_the_setting(tmp_path):
   config = tiny_train_config(**{"optimizer.model_lr": 1e6, "checkpoint_every_steps": 1,
                                 "log_every_steps": 1})
-  with pytest.raises(train.TrainingDivergedError,
+  with pytest.raises(run_log.TrainingDivergedError,
                      match=r"(diverged|non-finite|loss is nan).* step \d+.*model_lr"):
     train.train_and_evaluate(config, str(tmp_path))
   assert not (tmp_path / "metrics.json").exists()
@@ -272,14 +272,14 @@ def test_a_runaway_loss_stops_the_run_naming_the_step_and_the_setting(tmp_path):
 
 
 def test_the_divergence_check_catches_a_finite_runaway_loss():
-  logger = train._Logger.__new__(train._Logger)  # pylint: disable=protected-access
+  logger = run_log.RunLog.__new__(run_log.RunLog)
   logger.divergence_factor = 10.0
   logger.advice = lambda: "Lower config.optimizer.model_lr."
-  logger.first_loss, logger.recent = None, train.collections.deque(maxlen=100)
+  logger.first_loss, logger.recent = None, run_log.collections.deque(maxlen=100)
   logger.pending = [(i + 1, np.float32(v)) for i, v in enumerate([1.4, 1.0, 0.8, 0.7])]
   logger.check_health()
   logger.pending = [(5, np.float32(0.9)), (6, np.float32(3e3))]
-  with pytest.raises(train.TrainingDivergedError, match="diverged at step 6: loss 3000"):
+  with pytest.raises(run_log.TrainingDivergedError, match="diverged at step 6: loss 3000"):
     logger.check_health()
   logger.divergence_factor = 0  # off
   logger.pending = [(6, np.float32(3e3))]
