@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 
 from m3oe_jax import config_utils
-from m3oe_jax.data import synthetic
+from m3oe_jax.data.datasets import synthetic
 from m3oe_jax.models import build_model, default_model_config, init_params
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
