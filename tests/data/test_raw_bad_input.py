@@ -1,9 +1,6 @@
 """Bad raw input: each case gives a clear error naming the file, line or column,
 leaves nothing that looks like a prepared dataset, and a rerun after the fix works."""
 
-import csv
-import io
-import pathlib
 import re
 import shutil
 
@@ -11,35 +8,16 @@ import ml_collections
 import pytest
 
 from m3oe_jax.data import fake_raw, prepared
-from m3oe_jax.data.raw import RawDataError, RawSourceNotFoundError, sources, storage
-
-KR_LOG = "log_random_4_22_to_5_08_pure.csv"
-KR_LOG0 = "log_standard_4_08_to_4_21_pure.csv"
-KR_USERS = "user_features_pure.csv"
-
-
-def _rewrite_csv(path, fn):
-  with open(path, newline="") as f:
-    rows = list(csv.reader(f))
-  rows = fn(rows)
-  buf = io.StringIO()
-  csv.writer(buf, lineterminator="\n").writerows(rows)
-  path.write_text(buf.getvalue())
-
-
-def set_field(path, line, column, value):
-  """Sets `column` of file line `line` (1-based, the header is line 1)."""
-  def fn(rows):
-    rows[line - 1][rows[0].index(column)] = value
-    return rows
-  _rewrite_csv(path, fn)
+from m3oe_jax.data.raw import RawDataError, RawSourceNotFoundError, sources
+from tests.data.helpers import (KR_LOG, KR_LOG0, KR_USERS, nothing_looks_complete, rewrite_csv,
+                                set_field, write_raw)
 
 
 def drop_column(path, column):
   def fn(rows):
     i = rows[0].index(column)
     return [r[:i] + r[i + 1:] for r in rows]
-  _rewrite_csv(path, fn)
+  rewrite_csv(path, fn)
 
 
 # Each case: (id, dataset, mutate(top, tmp) -> config overrides, fix overrides or
@@ -109,7 +87,7 @@ def _ml_no_56(top):
 def _without_tab(top, tab, instead):
   """Moves every row of `tab` in every log to tab `instead`."""
   for name in (KR_LOG0, KR_LOG, "log_standard_4_22_to_5_08_pure.csv"):
-    _rewrite_csv(top / "data" / name, lambda rows: [rows[0]] + [
+    rewrite_csv(top / "data" / name, lambda rows: [rows[0]] + [
         r[:-1] + [str(instead) if r[-1] == str(tab) else r[-1]] for r in rows[1:]])
   return {"tabs": [1, tab]}
 
@@ -147,7 +125,7 @@ CASES = [
      or {}, None, RawDataError,
      [KR_LOG, r"missing column\(s\) \['tab'\]"]),
     ("renamed_column", "kuairand",
-     lambda top, tmp: _rewrite_csv(top / "data" / KR_LOG, lambda rows: [
+     lambda top, tmp: rewrite_csv(top / "data" / KR_LOG, lambda rows: [
          ["click" if c == "is_click" else c for c in rows[0]]] + rows[1:]) or {},
      None, RawDataError, [KR_LOG, r"missing column\(s\) \['is_click'\]"]),
     ("non_numeric_id", "kuairand",
@@ -246,21 +224,6 @@ CASES = [
     ("ml_duplicate_user", "movielens", lambda top, tmp: _ml_dup_user(top), None,
      RawDataError, [r"users\.dat, line 4, column 'UserID': duplicate user 1"]),
 ]
-
-
-def write_raw(dataset, folder):
-  if dataset == "kuairand":
-    return fake_raw.write_kuairand(folder, num_rows=300, num_users=30, num_videos=60, seed=11)
-  return fake_raw.write_movielens(folder, num_ratings=300, num_users=40, num_movies=50, seed=11)
-
-
-def nothing_looks_complete(data_dir: pathlib.Path):
-  if not data_dir.exists():
-    return True
-  names = [p.name for p in data_dir.rglob("*")]
-  return ("dataset_info.json" not in names and storage.PREPARED_SCHEMA_FILE not in names
-          and not any(n.startswith("incomplete") for n in names)
-          and not any(n.startswith("m3oe-raw-") for n in names))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -20,12 +20,11 @@ from m3oe_jax.data import fake_raw, prepared
 from m3oe_jax.data.raw import RawDataError, sources, storage
 from m3oe_jax.data.raw import prepare as raw_prepare
 from m3oe_jax.errors import ConfigError
-from tests.data.test_raw_bad_input import (KR_LOG, KR_LOG0, nothing_looks_complete,
-                                           set_field, write_raw)
+from tests.data.helpers import (KR_LOG, KR_LOG0, KR_USERS, nothing_looks_complete, set_field,
+                                write_raw)
 
 KR_LOGS = (KR_LOG0, "log_standard_4_22_to_5_08_pure.csv", KR_LOG)
 KR_VIDEOS = "video_features_basic_pure.csv"
-KR_USERS = "user_features_pure.csv"
 
 
 def data_config(dataset, tmp_path, top, **kw):

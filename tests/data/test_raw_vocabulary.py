@@ -10,8 +10,8 @@ from m3oe_jax.data import fake_raw, prepared
 from m3oe_jax.data.datasets import kuairand, movielens
 from m3oe_jax.data.raw import settings, storage
 from m3oe_jax.data.raw import prepare as raw_prepare
-from tests.data.test_raw_movielens import (ORDER, RATINGS, USERS, MOVIES, data_config,
-                                           write_files)
+from tests.data.helpers import (ML_MOVIES, ML_ORDER, ML_RATINGS, ML_USERS, movielens_config,
+                                write_movielens_files)
 
 # Two users (5, 6) and a movie (5) that occur only in the 3 latest ratings: with
 # 23 rows and 8:1:1, train holds the 18 earliest, validation the next 2 (times
@@ -24,12 +24,12 @@ NEW_RATINGS = ["5::1::5::2000", "5::5::4::2001", "6::2::2::2002"]
 @pytest.fixture(scope="module")
 def late_users(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("vocab")
-  ratings = ["::".join(map(str, RATINGS[i])) for i in ORDER] + NEW_RATINGS
-  top = write_files(tmp / "raw", ratings=ratings, users=USERS + NEW_USERS,
-                    movies=MOVIES + NEW_MOVIES)
+  ratings = ["::".join(map(str, ML_RATINGS[i])) for i in ML_ORDER] + NEW_RATINGS
+  top = write_movielens_files(tmp / "raw", ratings=ratings, users=ML_USERS + NEW_USERS,
+                              movies=ML_MOVIES + NEW_MOVIES)
   out = {}
   for vocabulary in ("train", "all_rows"):
-    cfg = data_config(tmp / "tfds", extracted_dir=str(top), vocabulary=vocabulary)
+    cfg = movielens_config(tmp / "tfds", extracted_dir=str(top), vocabulary=vocabulary)
     ds = prepared.load(cfg)
     path = pathlib.Path(os.fspath(prepared.make_builder(cfg).data_path))
     out[vocabulary] = ds, path
@@ -98,7 +98,7 @@ def test_the_two_options_prepare_into_separate_folders(late_users):
   assert kuairand.make_config(vocabulary="train").name == "pure"
   assert kuairand.make_config(vocabulary="all_rows").name.startswith("pure_")
   # settings_from_config carries the option from config.data
-  assert prepared.settings_from_config(data_config(
+  assert prepared.settings_from_config(movielens_config(
       "x", vocabulary="all_rows"))["vocabulary"] == "all_rows"
 
 
