@@ -104,13 +104,13 @@ def settings_from_config(data_config) -> dict[str, Any]:
   """The builder settings named in `data_config` (unset ones keep their default)."""
   module = _dataset(data_config.name)
   fields = raw_source_fields(data_config)
-  settings = {}
+  chosen = {}
   for key in module.DEFAULT_SETTINGS:
     value = fields["archive_checksum"] if key == "checksum" else _get(data_config, key)
     if value is not None:
-      settings[key] = (value.to_dict() if isinstance(value, ml_collections.ConfigDict)
-                       else value)
-  return settings
+      chosen[key] = (value.to_dict() if isinstance(value, ml_collections.ConfigDict)
+                     else value)
+  return chosen
 
 
 def check_config(data_config) -> None:
@@ -123,6 +123,7 @@ def check_config(data_config) -> None:
 
 
 def _placement(data_config) -> str:
+  """`config.data.placement`, refused unless one of PLACEMENTS."""
   placement = _get(data_config, "placement", "auto")
   if placement not in PLACEMENTS:
     raise ConfigError(f"config.data.placement={placement!r}; expected one of {PLACEMENTS}")
@@ -130,11 +131,13 @@ def _placement(data_config) -> str:
 
 
 def _max_host_bytes(data_config) -> int:
+  """`config.data.max_host_bytes`: under 'auto', the largest split held in memory."""
   return settings.config_int(_get(data_config, "max_host_bytes", 8 << 30), "max_host_bytes",
                              0, None, "placement 'auto': larger splits stream from disk")
 
 
 def make_builder(data_config):
+  """The TFDS builder of `data_config`'s dataset and settings (nothing is read yet)."""
   module = _dataset(data_config.name)
   cls = module.BUILDER
   config = module.make_config(**settings_from_config(data_config))
@@ -267,7 +270,7 @@ def load(data_config) -> Dataset:
              "value ranges are checked, the files' contents beyond that are not (not "
              "even by --verify)", folder)
   placement = _placement(data_config)
-  max_host = int(_get(data_config, "max_host_bytes", 8 << 30))
+  max_host = _max_host_bytes(data_config)
   base = os.path.join(folder, COLUMNAR_DIR)
   splits = {}
   for split in SPLITS:

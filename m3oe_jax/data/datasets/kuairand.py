@@ -120,12 +120,7 @@ DEFAULT_SETTINGS = {
 
 def make_config(**overrides) -> builder.RawBuilderConfig:
   """The builder config for `overrides` of `DEFAULT_SETTINGS` (validated)."""
-  unknown = set(overrides) - set(DEFAULT_SETTINGS)
-  if unknown:
-    raise ConfigError(f"kuairand: unknown settings {sorted(unknown)}; known: "
-                      f"{sorted(DEFAULT_SETTINGS)}")
-  s = {**DEFAULT_SETTINGS, **overrides}
-  s = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in s.items()}
+  s = settings.with_defaults("kuairand", DEFAULT_SETTINGS, overrides)
   s["split_ratios"] = settings.config_ratios(s["split_ratios"])
   s["tabs"] = settings.config_int_list(s["tabs"], "tabs", 0, MAX_TAB, "KuaiRand's tab ids")
   _validate(s)

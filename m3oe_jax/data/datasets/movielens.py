@@ -70,12 +70,7 @@ DEFAULT_SETTINGS = {
 
 
 def make_config(**overrides) -> builder.RawBuilderConfig:
-  unknown = set(overrides) - set(DEFAULT_SETTINGS)
-  if unknown:
-    raise ConfigError(f"movielens: unknown settings {sorted(unknown)}; known: "
-                      f"{sorted(DEFAULT_SETTINGS)}")
-  s = {**DEFAULT_SETTINGS, **overrides}
-  s = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in s.items()}
+  s = settings.with_defaults("movielens", DEFAULT_SETTINGS, overrides)
   if not isinstance(s["age_groups"], list) or not all(
       isinstance(g, (list, tuple)) for g in s["age_groups"]):
     raise ConfigError(f"movielens: config.data.age_groups={s['age_groups']!r} must be "

@@ -32,6 +32,18 @@ def _is_int(value: Any) -> bool:
   return isinstance(value, (float, np.floating)) and float(value).is_integer()
 
 
+def with_defaults(dataset: str, defaults: Mapping[str, Any],
+                  overrides: Mapping[str, Any]) -> dict[str, Any]:
+  """`overrides` over a builder's `defaults`, tuples as lists; a setting the
+  builder does not know is refused."""
+  unknown = set(overrides) - set(defaults)
+  if unknown:
+    raise ConfigError(f"{dataset}: unknown settings {sorted(unknown)}; known: "
+                      f"{sorted(defaults)}")
+  s = {**defaults, **overrides}
+  return {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in s.items()}
+
+
 def config_int(value: Any, field: str, lo: int | None = None, hi: int | None = None,
                what: str = "") -> int:
   """`value` as an int in [lo, hi]; anything else is a ConfigError naming `field`."""
