@@ -99,10 +99,13 @@ class FileLock:
             raise LockHeldError(self.path, holder) from None
           time.sleep(self.poll_s)
           continue
-        if on_no_flock is None:
+        try:
+          if on_no_flock is None:
+            raise
+          on_no_flock(e)
+        except BaseException:
           os.close(fd)
           raise
-        on_no_flock(e)
       try:
         same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
       except FileNotFoundError:
