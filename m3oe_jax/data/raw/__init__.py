@@ -6,7 +6,7 @@ their formats; this package does everything else:
   settings.py  the preparation settings' checks and their hash
   sources.py   finding the raw archive or folder, checksums, download reachability
   text.py      delimited text read in blocks, every value checked
-  encode.py    string codes, vocabularies, the encoding of every split
+  encode.py    string codes, id tables, vocabularies, the encoding of every split
   storage.py   spill files, columnar `.npy` files, a prepared folder's layout
   splits.py    temporal, random and file-order splits
   prepare.py   `prepare()`: ingest, split, statistics, encode, in named stages
