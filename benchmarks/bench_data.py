@@ -50,13 +50,13 @@ def child_prepare(raw_top: str, data_dir: str) -> None:
   """Runs in a subprocess: prepare and report time and peak memory."""
   import logging  # pylint: disable=g-import-not-at-top
   logging.disable(logging.WARNING)
-  from m3oe_jax.data import tfds_loader  # pylint: disable=g-import-not-at-top
+  from m3oe_jax.data import prepared  # pylint: disable=g-import-not-at-top
   config = data_config(raw_top, data_dir)
   rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   start = time.perf_counter()
-  builder = tfds_loader.prepare(config.data)
+  builder = prepared.prepare(config.data)
   seconds = time.perf_counter() - start
-  schema = tfds_loader.read_schema(builder)
+  schema = prepared.read_schema(builder)
   print("RESULT " + json.dumps({
       "seconds": seconds,
       "rows_kept": sum(schema.source["num_rows"].values()),
@@ -101,10 +101,10 @@ def bench_prepare(rows: int, workdir: pathlib.Path, keep: bool) -> dict:
 
 
 def bench_pipeline(raw_top: str, data_dir: str, batch_size: int, steps: int) -> dict:
-  from m3oe_jax.data import pipeline, tfds_loader  # pylint: disable=g-import-not-at-top
+  from m3oe_jax.data import pipeline, prepared  # pylint: disable=g-import-not-at-top
   out = {}
   for placement in ("host", "stream"):
-    ds = tfds_loader.load(data_config(raw_top, data_dir, placement).data)
+    ds = prepared.load(data_config(raw_top, data_dir, placement).data)
     train = ds.splits["train"]
     pipeline.shuffled_batch(train, batch_size, seed=0, position=0)  # warm up
     times = []

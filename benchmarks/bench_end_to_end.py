@@ -84,15 +84,15 @@ def make_dataset(num_rows: int, placement: str, folder: pathlib.Path) -> Dataset
     if placement == "host":
       splits[name] = ArraySource(columns)
       continue
-    from m3oe_jax.data import tfds_loader  # pylint: disable=g-import-not-at-top
+    from m3oe_jax.data import prepared  # pylint: disable=g-import-not-at-top
     if placement == "device":
-      splits[name] = tfds_loader.DeviceSource(columns)
+      splits[name] = prepared.DeviceSource(columns)
       continue
     split_dir = folder / "columnar" / name
     split_dir.mkdir(parents=True, exist_ok=True)
     for key, value in columns.items():
       np.save(split_dir / f"{key}.npy", value)
-    splits[name] = tfds_loader.MemmapSource(str(split_dir))
+    splits[name] = prepared.MemmapSource(str(split_dir))
   return Dataset(schema=MOVIELENS_SCHEMA, splits=splits)
 
 

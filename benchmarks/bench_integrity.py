@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # pylint: disable=wrong-import-position
 
-from m3oe_jax.data import integrity, raw_common, tfds_loader  # pylint: disable=wrong-import-position
+from m3oe_jax.data import integrity, prepared  # pylint: disable=wrong-import-position
+from m3oe_jax.data.raw import storage  # pylint: disable=wrong-import-position
 from m3oe_jax.data.schema import FeatureSchema  # pylint: disable=wrong-import-position
 
 NUM_SPARSE, NUM_TASKS, VOCAB = 34, 2, 5000
@@ -70,12 +71,12 @@ def main() -> None:
 
   def write():
     writers = {
-        "sparse": raw_common.NpyWriter(str(split_dir / "sparse.npy"), np.int32,
-                                       (n, NUM_SPARSE)),
-        "dense": raw_common.NpyWriter(str(split_dir / "dense.npy"), np.float32, (n, 0)),
-        "domain": raw_common.NpyWriter(str(split_dir / "domain.npy"), np.int32, (n,)),
-        "labels": raw_common.NpyWriter(str(split_dir / "labels.npy"), np.float32,
-                                       (n, NUM_TASKS))}
+        "sparse": storage.NpyWriter(str(split_dir / "sparse.npy"), np.int32,
+                                    (n, NUM_SPARSE)),
+        "dense": storage.NpyWriter(str(split_dir / "dense.npy"), np.float32, (n, 0)),
+        "domain": storage.NpyWriter(str(split_dir / "domain.npy"), np.int32, (n,)),
+        "labels": storage.NpyWriter(str(split_dir / "labels.npy"), np.float32,
+                                    (n, NUM_TASKS))}
     for ids, domain, labels in chunks:
       writers["sparse"].append(ids)
       writers["dense"].append(np.zeros((len(ids), 0), np.float32))
@@ -92,10 +93,10 @@ def main() -> None:
   where = lambda key: str(split_dir / (key + ".npy"))
   folder = str(work)
   write_seconds = median_time(write, args.repeats)
-  columns = raw_common.load_columnar(str(split_dir), mmap=False)
+  columns = storage.load_columnar(str(split_dir), mmap=False)
   nbytes = sum(os.path.getsize(where(k)) for k in ("sparse", "dense", "domain", "labels"))
-  mapped = tfds_loader.MemmapSource(str(split_dir))
-  checked = tfds_loader.MemmapSource(
+  mapped = prepared.MemmapSource(str(split_dir))
+  checked = prepared.MemmapSource(
       str(split_dir), lambda batch, rows: integrity.check_values(batch, schema, where,
                                                                  folder, rows=rows))
   batch_rows = np.sort(rng.choice(n, args.batch_size, replace=False))
@@ -106,7 +107,7 @@ def main() -> None:
           lambda: integrity.check_split_files(str(split_dir), schema, n, folder),
           args.repeats),
       "np.load (placement host)": median_time(
-          lambda: raw_common.load_columnar(str(split_dir), mmap=False), args.repeats),
+          lambda: storage.load_columnar(str(split_dir), mmap=False), args.repeats),
       "value check of loaded columns": median_time(
           lambda: integrity.check_values(columns, schema, where, folder), args.repeats),
       "CRC-32 of the files (verify)": median_time(

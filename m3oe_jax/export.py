@@ -87,14 +87,14 @@ def _dense_transform(dataset: str) -> str:
 
 
 def _vocab_dir(config, data_dir: str | None) -> str:
-  from m3oe_jax.data import raw_common as rc  # pylint: disable=g-import-not-at-top
-  from m3oe_jax.data import tfds_loader  # pylint: disable=g-import-not-at-top
+  from m3oe_jax.data import prepared  # pylint: disable=g-import-not-at-top
+  from m3oe_jax.data.raw import storage  # pylint: disable=g-import-not-at-top
   data_config = config.data
   if data_dir:
     data_config = data_config.copy_and_resolve_references()
     data_config.data_dir = data_dir
-  builder = tfds_loader.make_builder(data_config)
-  return os.path.join(os.fspath(builder.data_path), rc.VOCAB_DIR)
+  builder = prepared.make_builder(data_config)
+  return os.path.join(os.fspath(builder.data_path), storage.VOCAB_DIR)
 
 
 def read_vocabularies(config, schema, data_dir: str | None = None) -> dict[str, np.ndarray]:
@@ -106,7 +106,7 @@ def read_vocabularies(config, schema, data_dir: str | None = None) -> dict[str, 
     if not os.path.exists(file):
       raise FileNotFoundError(
           f"no vocabulary {file} for sparse feature {name!r}: the prepared data of the "
-          "checkpoint's config is not here; prepare it (python -m m3oe_jax.data.tfds_loader "
+          "checkpoint's config is not here; prepare it (python -m m3oe_jax.data.prepared "
           "--config=...) or pass --data_dir=<where it was prepared>")
     values = np.load(file, allow_pickle=False)
     if len(values) + 1 != size:

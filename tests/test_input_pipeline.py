@@ -123,19 +123,19 @@ def test_stacked_batches_are_the_single_batches_on_the_mesh():
 
 @pytest.mark.parametrize("placement", ["stream", "device"])
 def test_stacked_batches_are_the_same_for_every_placement(placement, tmp_path):
-  from m3oe_jax.data import tfds_loader  # pylint: disable=g-import-not-at-top
+  from m3oe_jax.data import prepared  # pylint: disable=g-import-not-at-top
   config = tiny_train_config(batch_size=120)
   host = load_dataset(config.data)
   splits = {}
   for name, source in host.splits.items():
     columns = source.take(np.arange(len(source)))
     if placement == "device":
-      splits[name] = tfds_loader.DeviceSource(columns)
+      splits[name] = prepared.DeviceSource(columns)
       continue
     (tmp_path / name).mkdir()
     for key, value in columns.items():
       np.save(tmp_path / name / f"{key}.npy", value)
-    splits[name] = tfds_loader.MemmapSource(str(tmp_path / name))
+    splits[name] = prepared.MemmapSource(str(tmp_path / name))
   other = pipeline.Dataset(schema=host.schema, splits=splits)
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   want = Trainer(config, host, mesh).train_batches(25, 3)

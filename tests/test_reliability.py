@@ -341,7 +341,7 @@ COMMAND_MISTAKES = {
                                     "no best checkpoint under"),
     "export_without_checkpoint": (["m3oe_jax.export", "--workdir={tmp}/none",
                                    "--out={tmp}/out"], "no best checkpoint"),
-    "prepare_bad_setting": (["m3oe_jax.data.tfds_loader",
+    "prepare_bad_setting": (["m3oe_jax.data.prepared",
                              "--config=configs/kuairand.py:tiny_offline",
                              "--config.data.chunk_rows=0", "--config.data.data_dir={tmp}/d"],
                             "config.data.chunk_rows=0"),

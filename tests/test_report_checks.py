@@ -1,7 +1,7 @@
 """The report counts only a run's own results: a metrics.json copied from another
 run's folder is rejected, a corrupt one is left out, and neither stops the report.
 
-Fast: the runs are folders written by hand (tests.test_sweep_report's helpers), the
+Fast: the runs are folders written by hand (tests.helpers' sweeps), the
 checkpoints a `meta/metadata` JSON file as orbax writes it.
 """
 
@@ -14,8 +14,7 @@ import pytest
 from m3oe_jax import run_identity
 from m3oe_jax import sweep as sweep_lib
 from m3oe_jax.report import collect, report, tables
-from tests.test_sweep_report import (SWEEP_CONFIG, _m3oe_auc, _make_sweep, _mtl_auc,
-                                     _write_run)
+from tests.helpers import SWEEP_CONFIG, m3oe_auc, make_sweep, mtl_auc, write_sweep_run
 
 
 def _runs(root):
@@ -60,7 +59,7 @@ def _sweep_hashes(root, hashes):
 
 
 def test_metrics_of_another_seed_are_left_out_and_named(tmp_path, capsys):
-  _make_sweep(tmp_path)
+  make_sweep(tmp_path)
   # Seed 2023's M3oE result copied over seed 2022's: the cell of seed 2023 counted twice.
   shutil.copy(tmp_path / "m3oe-mdmt/all/seed2023/metrics.json",
               tmp_path / "m3oe-mdmt/all/seed2022/metrics.json")
@@ -71,7 +70,7 @@ def test_metrics_of_another_seed_are_left_out_and_named(tmp_path, capsys):
   assert runs["m3oe-mdmt/all/seed2023"].status == "finished"
   m3oe = next(r for r in tables.build_table(list(runs.values())).rows if r.model == "m3oe")
   cell = m3oe.cells["age_1_18/click"]
-  assert cell.values == pytest.approx([_m3oe_auc(0, 0, s) for s in (2023, 2024)])
+  assert cell.values == pytest.approx([m3oe_auc(0, 0, s) for s in (2023, 2024)])
   assert m3oe.complete_seeds == [2023, 2024]
 
   status, md, err = _report(tmp_path, tmp_path / "out", capsys)
@@ -85,10 +84,10 @@ def test_metrics_of_another_seed_are_left_out_and_named(tmp_path, capsys):
 
 
 def test_metrics_of_another_model_are_left_out_and_named(tmp_path, capsys):
-  _make_sweep(tmp_path)
+  make_sweep(tmp_path)
   record = json.loads((tmp_path / "sweep.json").read_text())
-  star = _write_run(tmp_path, "star-mdmt/all/seed2022", "star", "mdmt", (), (), 2022,
-                    _mtl_auc)
+  star = write_sweep_run(tmp_path, "star-mdmt/all/seed2022", "star", "mdmt", (), (), 2022,
+                         mtl_auc)
   record["runs"].append(star)
   (tmp_path / "sweep.json").write_text(json.dumps(record))
   # STAR built from M3oE's numbers.
@@ -104,7 +103,7 @@ def test_metrics_of_another_model_are_left_out_and_named(tmp_path, capsys):
 
 
 def test_the_config_hash_tells_runs_of_the_same_model_and_seed_apart(tmp_path, capsys):
-  _make_sweep(tmp_path)
+  make_sweep(tmp_path)
   names = [f"mmoe-mtl/d{d}/seed{s}" for d in range(3) for s in (2022, 2023, 2024)]
   _sweep_hashes(tmp_path, {n: f"{i:064x}" for i, n in enumerate(names)})
   # Domain 0's run copied over domain 1's: same model, seed and number of domains.
@@ -131,11 +130,11 @@ def test_the_config_hash_tells_runs_of_the_same_model_and_seed_apart(tmp_path, c
 def test_runs_outside_a_sweep_are_checked_against_their_checkpoints(tmp_path):
   configs = {"a": _config("m3oe", 2022), "b": _config("m3oe", 2023),
              "c": _config("mmoe", 2022, domains=(1,)), "d": _config("m3oe", 2024)}
-  _write_run(tmp_path, "a", "m3oe", "mdmt", (), (), 2022, _m3oe_auc)
-  _write_run(tmp_path, "b", "m3oe", "mdmt", (), (), 2022, _m3oe_auc)  # written as seed 2022
-  _write_run(tmp_path, "c", "mmoe", "mtl", (1,), (), 2022, _mtl_auc)
-  _write_run(tmp_path, "d", "m3oe", "mdmt", (), (), 2024, _m3oe_auc)
-  _write_run(tmp_path, "e", "m3oe", "mdmt", (), (), 2025, _m3oe_auc)  # no checkpoint
+  write_sweep_run(tmp_path, "a", "m3oe", "mdmt", (), (), 2022, m3oe_auc)
+  write_sweep_run(tmp_path, "b", "m3oe", "mdmt", (), (), 2022, m3oe_auc)  # written as seed 2022
+  write_sweep_run(tmp_path, "c", "mmoe", "mtl", (1,), (), 2022, mtl_auc)
+  write_sweep_run(tmp_path, "d", "m3oe", "mdmt", (), (), 2024, m3oe_auc)
+  write_sweep_run(tmp_path, "e", "m3oe", "mdmt", (), (), 2025, m3oe_auc)  # no checkpoint
   for name, config in configs.items():
     _checkpoint(tmp_path / name, config)
     _set_hash(tmp_path / name, run_identity.config_hash(config))
@@ -155,8 +154,8 @@ def test_runs_outside_a_sweep_are_checked_against_their_checkpoints(tmp_path):
 
 
 def test_old_metrics_without_a_hash_are_checked_by_model_and_seed(tmp_path):
-  _write_run(tmp_path, "mine", "m3oe", "mdmt", (), (), 2022, _m3oe_auc)
-  _write_run(tmp_path, "copied", "mmoe", "mdmt", (), (), 2022, _mtl_auc)
+  write_sweep_run(tmp_path, "mine", "m3oe", "mdmt", (), (), 2022, m3oe_auc)
+  write_sweep_run(tmp_path, "copied", "mmoe", "mdmt", (), (), 2022, mtl_auc)
   _checkpoint(tmp_path / "mine", _config("m3oe", 2022))
   _checkpoint(tmp_path / "copied", _config("m3oe", 2022))
   runs = _runs(tmp_path)
@@ -173,7 +172,7 @@ def test_old_metrics_without_a_hash_are_checked_by_model_and_seed(tmp_path):
     (None, "has no numbers 'auc', 'logloss' and 'count'"),
 ])
 def test_a_corrupt_metrics_json_is_named_and_the_rest_reported(text, why, tmp_path, capsys):
-  _make_sweep(tmp_path)
+  make_sweep(tmp_path)
   path = tmp_path / "mmoe-mtl/d2/seed2024/metrics.json"
   if text is None:
     metrics = json.loads(path.read_text())
@@ -194,7 +193,7 @@ def test_a_corrupt_metrics_json_is_named_and_the_rest_reported(text, why, tmp_pa
 
 
 def test_a_metrics_jsonl_line_of_the_wrong_shape_is_skipped_and_noted(tmp_path, capsys):
-  _make_sweep(tmp_path)
+  make_sweep(tmp_path)
   path = tmp_path / "m3oe-mdmt/all/seed2022/metrics.jsonl"
   good = path.read_text().splitlines()
   bad = ["[1, 2]", "{\"step\": 3}", "{\"epoch\": \"2\"}", "{\"epoch\": 2, \"validation\": 5}",

@@ -20,9 +20,10 @@ from scipy import stats
 from m3oe_jax import run_identity
 from m3oe_jax import sweep as sweep_lib
 from m3oe_jax.report import collect, paper, report, tables
+from tests.helpers import (SWEEP_CONFIG, SWEEP_DOMAINS, SWEEP_TASKS, m3oe_auc, make_sweep,
+                           mtl_auc, sweep_pairs, write_sweep_run)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SWEEP_CONFIG = "configs/sweeps/table2.py"
 
 
 # ---------------------------------------------------------------------------
@@ -74,100 +75,27 @@ def test_bad_sweep_arguments_are_refused():
 # ---------------------------------------------------------------------------
 # Hand-made sweeps: how rows are combined.
 
-DOMAINS = ["age_1_18", "age_25", "age_35_45_50_56"]
-TASKS = ["click", "like"]
-
-
-def _pairs(domains, tasks, auc, seed):
-  """Deterministic per-pair test metrics: AUC from `auc(d, t, seed)`."""
-  out = {}
-  for d in domains:
-    for t in tasks:
-      di, ti = DOMAINS.index(d), TASKS.index(t)
-      out[f"{d}/{t}"] = {"auc": auc(di, ti, seed), "logloss": 0.4 + 0.01 * di + 0.02 * ti
-                         + 0.001 * (seed - 2022), "count": 100 * (di + 1),
-                         "positive_rate": 0.5}
-  return out
-
-
-def _write_run(root, name, model, kind, domains, tasks, seed, auc, data="movielens",
-               finished=True):
-  workdir = root / name
-  workdir.mkdir(parents=True)
-  d_names = [DOMAINS[i] for i in domains] or DOMAINS
-  t_names = [TASKS[i] for i in tasks] or TASKS
-  variant = None if not domains and not tasks else {"domains": d_names, "tasks": t_names}
-  if finished:
-    pairs = _pairs(d_names, t_names, auc, seed)
-    (workdir / "metrics.json").write_text(json.dumps({
-        "test": {"pairs": pairs, "mean_auc": float(np.mean([m["auc"] for m in pairs.values()]))},
-        "model": model, "seed": seed, "data": data, "domains": d_names, "tasks": t_names,
-        "variant": variant, "best_epoch": 1}))
-    lines = [{"epoch": e, "step": 10 * e, "validation": {"pairs": pairs},
-              "diagnostics": {}} for e in (0, 1, 1)]
-    (workdir / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-  else:
-    (workdir / "checkpoints").mkdir()
-  return {"name": name, "model": model, "kind": kind, "domains": list(domains),
-          "tasks": list(tasks), "seed": seed, "workdir": name, "status": "pending"}
-
-
-def _mtl_auc(d, t, seed):
-  return 0.70 + 0.01 * d + 0.002 * t + 0.003 * (seed - 2022)
-
-
-def _m3oe_auc(d, t, seed):
-  return 0.75 + 0.01 * d + 0.002 * t + 0.004 * (seed - 2022) ** 2
-
-
-def _make_sweep(root, data="movielens"):
-  runs = []
-  for seed in (2022, 2023, 2024):
-    for d in range(3):
-      runs.append(_write_run(root, f"mmoe-mtl/d{d}/seed{seed}", "mmoe", "mtl", (d,), (),
-                             seed, _mtl_auc, data))
-    runs.append(_write_run(root, f"m3oe-mdmt/all/seed{seed}", "m3oe", "mdmt", (), (), seed,
-                           _m3oe_auc, data))
-  # MLP per (d, t), seed 2022 only: complete except one pair, failed; one running,
-  # one missing (never started).
-  for d in range(3):
-    for t in range(2):
-      name = f"mlp-single/d{d}t{t}/seed2022"
-      if (d, t) == (2, 1):
-        runs.append({"name": name, "model": "mlp", "kind": "single", "domains": [d],
-                     "tasks": [t], "seed": 2022, "workdir": name, "status": "failed",
-                     "error": "ValueError: boom"})
-      elif (d, t) == (2, 0):
-        runs.append({"name": name, "model": "mlp", "kind": "single", "domains": [d],
-                     "tasks": [t], "seed": 2022, "workdir": name, "status": "pending"})
-      else:
-        runs.append(_write_run(root, name, "mlp", "single", (d,), (t,), 2022, _mtl_auc, data,
-                               finished=(d, t) != (1, 1)))
-  (root / "sweep.json").write_text(json.dumps({"config": "hand-made", "runs": runs}))
-  return runs
-
-
 def test_mtl_row_combines_its_per_domain_runs(tmp_path):
-  _make_sweep(tmp_path)
+  make_sweep(tmp_path)
   runs, _ = collect.collect([tmp_path])
   table = tables.build_table(runs)
   assert table.data == "movielens"
-  assert table.domains == DOMAINS and table.tasks == TASKS
+  assert table.domains == SWEEP_DOMAINS and table.tasks == SWEEP_TASKS
   assert table.columns == ["d1t1", "d1t2", "d2t1", "d2t2", "d3t1", "d3t2"]
   rows = {r.name: r for r in table.rows}
   mtl = rows["MMoE-MTL"]
   seeds = (2022, 2023, 2024)
   for d in range(3):
     for t in range(2):
-      values = [_mtl_auc(d, t, s) for s in seeds]
-      cell = mtl.cells[f"{DOMAINS[d]}/{TASKS[t]}"]
+      values = [mtl_auc(d, t, s) for s in seeds]
+      cell = mtl.cells[f"{SWEEP_DOMAINS[d]}/{SWEEP_TASKS[t]}"]
       assert cell.values == pytest.approx(values)
       assert cell.mean == pytest.approx(np.mean(values))
       assert cell.std == pytest.approx(np.std(values, ddof=1))
-  overall = [np.mean([_mtl_auc(d, t, s) for d in range(3) for t in range(2)]) for s in seeds]
+  overall = [np.mean([mtl_auc(d, t, s) for d in range(3) for t in range(2)]) for s in seeds]
   assert mtl.summary["AUC"].values == pytest.approx(overall)
   # Pooled BCE: per-pair loglosses weighted by their row counts.
-  pairs = _pairs(DOMAINS, TASKS, _mtl_auc, 2022)
+  pairs = sweep_pairs(SWEEP_DOMAINS, SWEEP_TASKS, mtl_auc, 2022)
   pooled = sum(m["logloss"] * m["count"] for m in pairs.values()) / sum(
       m["count"] for m in pairs.values())
   mean_ll = np.mean([m["logloss"] for m in pairs.values()])
@@ -177,7 +105,7 @@ def test_mtl_row_combines_its_per_domain_runs(tmp_path):
   # The MLP row: seed 2022 incomplete (one failed, one running, one missing run).
   mlp = rows["MLP (per d,t)"]
   assert mlp.complete_seeds == [] and mlp.summary["AUC"].n == 0
-  assert mlp.cells["age_1_18/click"].values == pytest.approx([_mtl_auc(0, 0, 2022)])
+  assert mlp.cells["age_1_18/click"].values == pytest.approx([mtl_auc(0, 0, 2022)])
   assert mlp.cells["age_35_45_50_56/like"].n == 0
   # Paper numbers beside the cells.
   assert table.paper_value(mtl, "d2t1") == pytest.approx(0.7658)
@@ -185,7 +113,7 @@ def test_mtl_row_combines_its_per_domain_runs(tmp_path):
 
 
 def test_statuses_and_significance(tmp_path):
-  _make_sweep(tmp_path)
+  make_sweep(tmp_path)
   runs, _ = collect.collect([tmp_path])
   status = {r.name: r.status for r in runs}
   assert status["mlp-single/d2t1/seed2022"] == "failed"
@@ -197,9 +125,9 @@ def test_statuses_and_significance(tmp_path):
   table = tables.build_table(runs)
   s = table.significance
   assert s["m3oe"] == "M3oE-MDMT" and s["baseline"] == "MMoE-MTL"
-  a = [np.mean([_m3oe_auc(d, t, x) for d in range(3) for t in range(2)])
+  a = [np.mean([m3oe_auc(d, t, x) for d in range(3) for t in range(2)])
        for x in (2022, 2023, 2024)]
-  b = [np.mean([_mtl_auc(d, t, x) for d in range(3) for t in range(2)])
+  b = [np.mean([mtl_auc(d, t, x) for d in range(3) for t in range(2)])
        for x in (2022, 2023, 2024)]
   expected = stats.ttest_ind(a, b, equal_var=False, alternative="greater")
   assert s["p_one_sided"] == pytest.approx(expected.pvalue)
@@ -208,7 +136,7 @@ def test_statuses_and_significance(tmp_path):
 
 
 def test_report_files(tmp_path):
-  _make_sweep(tmp_path / "sweep")
+  make_sweep(tmp_path / "sweep")
   result = report.write_report([str(tmp_path / "sweep")], str(tmp_path / "out"))
   md = (tmp_path / "out" / "report.md").read_text()
   for needle in ("| mlp-single/d2t1/seed2022 | failed |", "ValueError: boom",
@@ -222,7 +150,7 @@ def test_report_files(tmp_path):
   assert f"**{100 * overall.mean:.2f}**" in m3oe_line
   lines = (tmp_path / "out" / "table2.csv").read_text().splitlines()
   row = next(x for x in lines if x.startswith("MMoE-MTL,mmoe,mtl,d2t1,"))
-  assert float(row.split(",")[6]) == pytest.approx(np.mean([_mtl_auc(1, 0, s)
+  assert float(row.split(",")[6]) == pytest.approx(np.mean([mtl_auc(1, 0, s)
                                                            for s in (2022, 2023, 2024)]))
   for png in ("per_pair_auc.png", "validation_auc.png"):
     assert (tmp_path / "out" / "plots" / png).stat().st_size > 1000
@@ -230,14 +158,14 @@ def test_report_files(tmp_path):
 
 
 def test_plain_workdirs_without_sweep_json(tmp_path):
-  _write_run(tmp_path / "a", "one", "m3oe", "mdmt", (), (), 2022, _m3oe_auc, "synthetic")
-  _write_run(tmp_path / "b", "x/d1", "mmoe", "mtl", (1,), (), 2022, _mtl_auc, "synthetic")
+  write_sweep_run(tmp_path / "a", "one", "m3oe", "mdmt", (), (), 2022, m3oe_auc, "synthetic")
+  write_sweep_run(tmp_path / "b", "x/d1", "mmoe", "mtl", (1,), (), 2022, mtl_auc, "synthetic")
   runs, _ = collect.collect([tmp_path / "a" / "one", tmp_path / "b"])
   assert [(r.model, r.kind, r.status) for r in runs] == [("m3oe", "mdmt", "finished"),
                                                           ("mmoe", "mtl", "finished")]
   table = tables.build_table(runs)
   assert not table.paper_comparable
-  assert table.rows[1].cells["age_25/like"].mean == pytest.approx(_mtl_auc(1, 1, 2022))
+  assert table.rows[1].cells["age_25/like"].mean == pytest.approx(mtl_auc(1, 1, 2022))
 
 
 def test_report_errors_are_one_clear_line(tmp_path):

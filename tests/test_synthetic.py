@@ -3,7 +3,7 @@ import pytest
 
 from configs import synthetic as synthetic_config
 from m3oe_jax import train
-from m3oe_jax.data import synthetic
+from m3oe_jax.data.datasets import synthetic
 from tests.helpers import tiny_data_config
 
 

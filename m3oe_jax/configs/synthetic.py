@@ -1,9 +1,10 @@
 """M3oE on synthetic multi-domain multi-task data (no download, runs anywhere).
 
-The generator (m3oe_jax/data/synthetic.py) plants a shared, a domain-specific
-and a task-specific component in every label's true logit, so the data has the
-structure M3oE's three expert views are built for, and it knows each row's true
-probability (the Bayes-optimal AUC is reported next to the model's).
+The generator (m3oe_jax/data/datasets/synthetic.py) plants a shared, a
+domain-specific and a task-specific component in every label's true logit, so
+the data has the structure M3oE's three expert views are built for, and it
+knows each row's true probability (the Bayes-optimal AUC is reported next to
+the model's).
 
 Variants (`--config=configs/synthetic.py:VARIANT`, optionally `,model=NAME` to
 train another registered model with the baselines' training setup):

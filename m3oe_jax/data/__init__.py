@@ -1,34 +1,35 @@
-"""Datasets: one entry point from a data config to a `Dataset`."""
+"""Datasets: one entry point from a data config to a `Dataset`.
+
+`check_config` and `load_dataset` find the dataset through the one registry,
+`datasets.DATASETS`: a dataset made in memory checks and loads itself; one
+prepared from raw files is checked, prepared and loaded by `prepared.py`.
+"""
 
 from __future__ import annotations
 
+import types
+
 import ml_collections
 
-from m3oe_jax.data import variants
+from m3oe_jax.data import datasets, variants
 from m3oe_jax.data.pipeline import ArraySource, Dataset, RowSource
 from m3oe_jax.data.schema import FeatureSchema
-from m3oe_jax.errors import ConfigError
 
 
-DATASETS = ("synthetic", "kuairand", "movielens")
+def _maker(name) -> types.ModuleType:
+  """What checks and loads dataset `name`: its own module, or `prepared.py`
+  for the datasets prepared from raw files."""
+  dataset = datasets.module(name)
+  if datasets.prepared_from_raw(dataset):
+    from m3oe_jax.data import prepared  # pylint: disable=g-import-not-at-top
+    return prepared
+  return dataset
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Refuses, before any data is generated, read or prepared, a `config.data`
   naming an unknown dataset or holding settings that dataset cannot use."""
-  if config.name == "synthetic":
-    from m3oe_jax.data import synthetic
-    synthetic.check_config(config)
-  elif config.name in DATASETS:
-    from m3oe_jax.data import tfds_loader
-    tfds_loader.check_config(config)
-  else:
-    raise _unknown_dataset(config.name)
-
-
-def _unknown_dataset(name) -> ConfigError:
-  return ConfigError(f"config.data.name={name!r} is not a known dataset; expected one of "
-                     f"{DATASETS}")
+  _maker(config.name).check_config(config)
 
 
 def load_dataset(config: ml_collections.ConfigDict,
@@ -36,14 +37,7 @@ def load_dataset(config: ml_collections.ConfigDict,
   """Builds or loads the dataset named by `config.name`, then keeps the domains
   and tasks of `variant` (the run config's `variant` section; see
   `data/variants.py`)."""
-  if config.name == "synthetic":
-    from m3oe_jax.data import synthetic
-    dataset = synthetic.make_dataset(config)
-  elif config.name in DATASETS:
-    from m3oe_jax.data import tfds_loader
-    dataset = tfds_loader.load(config)
-  else:
-    raise _unknown_dataset(config.name)
+  dataset = _maker(config.name).load(config)
   if variant is None:
     return dataset
   return variants.select(dataset, variant.domains, variant.tasks,

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from m3oe_jax.data import kuairand as kr
+from m3oe_jax.data.datasets import kuairand as kr
 
 TESTDATA = pathlib.Path(__file__).parent / "testdata"
 TINY_KUAIRAND = TESTDATA / "KuaiRand-Pure-tiny.tar.gz"

@@ -12,7 +12,7 @@ Preparation records every columnar file's size and CRC-32 in the schema
     is one vectorised pass at load; where it streams from disk ('stream'), every
     gathered batch is checked before it is used, so no second pass over the
     data is made.
-`verify` (`python -m m3oe_jax.data.tfds_loader --config=... --verify`) also
+`verify` (`python -m m3oe_jax.data.prepared --config=... --verify`) also
 compares every file's CRC-32 with the recorded one, which finds changes that
 keep values in range.
 """

@@ -159,16 +159,6 @@ def shuffled_batch(source: RowSource, batch_size: int, seed: int, position: int,
   return {k: v[0] for k, v in batch.items()}
 
 
-def epoch_batches(source: RowSource, batch_size: int, seed: int, epoch: int,
-                  start: int = 0, process_index: int = 0,
-                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """The shuffled batches of one epoch, from batch `start` on."""
-  per_epoch = num_batches(len(source), batch_size)
-  for index in range(start, per_epoch):
-    yield shuffled_batch(source, batch_size, seed, epoch * per_epoch + index,
-                         process_index, process_count)
-
-
 def ordered_batches(source: RowSource, batch_size: int, process_index: int = 0,
                     process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
   """Every row once, in order, for evaluation; the last batch is padded."""

@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from m3oe_jax.data import fake_raw, pipeline, raw_common, tfds_loader
+from m3oe_jax.data import fake_raw, pipeline, prepared
+from m3oe_jax.data.raw import storage
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -25,10 +26,11 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 CHILD = r"""
 import json, os, sys, time
 import ml_collections
-from m3oe_jax.data import raw_common, tfds_loader
+from m3oe_jax.data import prepared
+from m3oe_jax.data.raw import splits
 cfg = ml_collections.ConfigDict(json.loads(sys.argv[1]))
 mode, marker = sys.argv[2], sys.argv[3]
-temporal = raw_common.temporal_assignment
+temporal = splits.temporal_assignment
 def paused(*args, **kwargs):
   open(marker, "w").close()
   if mode == "hang":
@@ -38,8 +40,8 @@ def paused(*args, **kwargs):
     while not os.path.exists(mode[5:]) and time.time() < deadline:
       time.sleep(0.05)
   return temporal(*args, **kwargs)
-raw_common.temporal_assignment = paused
-ds = tfds_loader.load(cfg)
+splits.temporal_assignment = paused
+ds = prepared.load(cfg)
 print(json.dumps({s: len(ds.splits[s]) for s in ds.splits}))
 """
 
@@ -107,14 +109,14 @@ def _same_prepared_data(cfg, clean):
   for p in sorted(want.rglob("*.npy")):
     np.testing.assert_array_equal(np.load(got / p.relative_to(want)), np.load(p),
                                   err_msg=str(p))
-  builders = [tfds_loader.make_builder(ml_collections.ConfigDict({**cfg, "data_dir": str(d)}))
+  builders = [prepared.make_builder(ml_collections.ConfigDict({**cfg, "data_dir": str(d)}))
               for d in (data_dir, clean)]
   for split in pipeline.SPLITS:
-    a, b = (tfds_loader.read_split_from_tfds(x, split) for x in builders)
+    a, b = (prepared.read_split_from_tfds(x, split) for x in builders)
     for k in b:
       np.testing.assert_array_equal(a[k], b[k], err_msg=f"{split} {k}")
-  a = json.loads((got / raw_common.SCHEMA_FILE).read_text())
-  b = json.loads((want / raw_common.SCHEMA_FILE).read_text())
+  a = json.loads((got / storage.PREPARED_SCHEMA_FILE).read_text())
+  b = json.loads((want / storage.PREPARED_SCHEMA_FILE).read_text())
   assert a == b
 
 

@@ -15,7 +15,9 @@ import time
 import ml_collections
 import pytest
 
-from m3oe_jax.data import fake_raw, movielens, raw_common, tfds_loader
+from m3oe_jax.data import fake_raw, prepared
+from m3oe_jax.data.datasets import movielens
+from m3oe_jax.data.raw import RawSourceNotFoundError, sources
 from m3oe_jax.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -62,8 +64,8 @@ def offline_spec(monkeypatch):
 
 def test_a_name_that_does_not_resolve_fails_at_once(offline_spec, tmp_path):
   start = time.monotonic()
-  with pytest.raises(raw_common.RawSourceNotFoundError) as info:
-    tfds_loader.load(data_config(tmp_path / "tfds"))
+  with pytest.raises(RawSourceNotFoundError) as info:
+    prepared.load(data_config(tmp_path / "tfds"))
   assert time.monotonic() - start < 10
   message = str(info.value)
   assert "\n" not in message
@@ -78,9 +80,9 @@ def test_a_refused_connection_fails_at_once(offline_spec, monkeypatch, tmp_path)
     port = s.getsockname()[1]
   spec = dataclasses.replace(offline_spec, url=f"http://127.0.0.1:{port}/ml-1m.zip")
   monkeypatch.setattr(movielens.M3oeMovielens1m, "archive_spec", lambda self: spec)
-  with pytest.raises(raw_common.RawSourceNotFoundError,
+  with pytest.raises(RawSourceNotFoundError,
                      match=rf"127\.0\.0\.1:{port} cannot be reached .*refused.*Download "):
-    tfds_loader.load(data_config(tmp_path / "tfds"))
+    prepared.load(data_config(tmp_path / "tfds"))
 
 
 @pytest.mark.parametrize("failure", ["timeout", "resolver_busy_once"])
@@ -101,9 +103,9 @@ def test_transient_failures_are_left_to_the_retrying_download(failure, offline_s
 
   monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
   monkeypatch.setattr(socket.socket, "connect", connect)
-  monkeypatch.setattr(raw_common, "RESOLVE_AGAIN_WAIT_S", 0.0)
-  with pytest.raises(raw_common.RawSourceNotFoundError, match="TfdsDownloadReached"):
-    tfds_loader.load(data_config(tmp_path / "tfds"))
+  monkeypatch.setattr(sources, "RESOLVE_AGAIN_WAIT_S", 0.0)
+  with pytest.raises(RawSourceNotFoundError, match="TfdsDownloadReached"):
+    prepared.load(data_config(tmp_path / "tfds"))
   assert calls[0] == "m3oe-offline-test.invalid"
 
 
@@ -115,9 +117,9 @@ def test_a_resolver_that_stays_busy_fails_after_one_retry(monkeypatch):
     raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
   monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-  monkeypatch.setattr(raw_common, "RESOLVE_AGAIN_WAIT_S", 0.0)
-  with pytest.raises(raw_common.UnreachableError, match="Temporary failure"):
-    raw_common.check_reachable(OFFLINE_URL)
+  monkeypatch.setattr(sources, "RESOLVE_AGAIN_WAIT_S", 0.0)
+  with pytest.raises(sources.UnreachableError, match="Temporary failure"):
+    sources.check_reachable(OFFLINE_URL)
   assert len(calls) == 2
 
 
@@ -125,14 +127,14 @@ def test_an_unreachable_proxy_is_named(monkeypatch):
   monkeypatch.setenv("HTTPS_PROXY", "http://m3oe-proxy.invalid:3128")
   monkeypatch.delenv("NO_PROXY", raising=False)
   monkeypatch.delenv("no_proxy", raising=False)
-  with pytest.raises(raw_common.UnreachableError,
+  with pytest.raises(sources.UnreachableError,
                      match=r"m3oe-proxy\.invalid \(the proxy for https://m3oe-offline-test"):
-    raw_common.check_reachable(OFFLINE_URL)
+    sources.check_reachable(OFFLINE_URL)
 
 
 CHILD = """
 import dataclasses, runpy, sys
-from m3oe_jax.data import kuairand
+from m3oe_jax.data.datasets import kuairand
 spec = kuairand.ARCHIVES["pure"]
 kuairand.ARCHIVES["pure"] = dataclasses.replace(
     spec, url="https://m3oe-offline-test.invalid/" + spec.filename)
@@ -169,8 +171,8 @@ def test_preparing_leaves_nothing_in_the_temp_folder(tmp_path, monkeypatch):
   temp.mkdir()
   monkeypatch.setattr(tempfile, "tempdir", str(temp))
   cfg = data_config(tmp_path / "tfds", extracted_dir=str(top), download=False)
-  tfds_loader.load(cfg)
-  tfds_loader.load(cfg)
+  prepared.load(cfg)
+  prepared.load(cfg)
   assert sorted(p.name for p in temp.iterdir()) == []
 
 
@@ -193,14 +195,14 @@ def test_tiny_offline_reads_an_explicit_extracted_dir(dataset, tmp_path, caplog)
     configs[variant].data_dir = str(tmp_path / "tfds")
     configs[variant].extracted_dir = str(top)
   with caplog.at_level(logging.WARNING):
-    ds = tfds_loader.load(configs["tiny_offline"])
+    ds = prepared.load(configs["tiny_offline"])
   assert "replaces the bundled tiny archive" in caplog.text
   assert ds.schema.source["kind"] == "extracted"
   assert ds.schema.source["settings"]["checksum"] == ""  # not the bundled archive's
-  path = tfds_loader.make_builder(configs["tiny_offline"]).data_path
-  assert path == tfds_loader.make_builder(configs["default"]).data_path
+  path = prepared.make_builder(configs["tiny_offline"]).data_path
+  assert path == prepared.make_builder(configs["default"]).data_path
   configs["tiny_offline"].extracted_dir = ""
-  assert path != tfds_loader.make_builder(configs["tiny_offline"]).data_path
+  assert path != prepared.make_builder(configs["tiny_offline"]).data_path
 
 
 def test_an_archive_and_an_extracted_dir_are_refused_together(tmp_path):
@@ -208,5 +210,5 @@ def test_an_archive_and_an_extracted_dir_are_refused_together(tmp_path):
                     extracted_dir=str(tmp_path / "ml-1m"))
   with pytest.raises(ConfigError, match=r"config\.data\.archive=.* and "
                      r"config\.data\.extracted_dir=.* are both set"):
-    tfds_loader.load(cfg)
+    prepared.load(cfg)
   assert not (tmp_path / "tfds").exists()

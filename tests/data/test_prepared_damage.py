@@ -14,7 +14,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from m3oe_jax.data import fake_raw, integrity, pipeline, raw_common, tfds_loader
+from m3oe_jax.data import fake_raw, integrity, pipeline
+from m3oe_jax.data import prepared as prepared_data
+from m3oe_jax.data.raw import storage
 from m3oe_jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -31,7 +33,7 @@ def prepared(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("damage")
   top = fake_raw.write_movielens(tmp / "raw", num_ratings=300, num_users=40, num_movies=50,
                                  seed=11)
-  ds = tfds_loader.load(data_config(tmp / "tfds", top))
+  ds = prepared_data.load(data_config(tmp / "tfds", top))
   return tmp / "tfds", top, ds
 
 
@@ -41,7 +43,7 @@ def copy(prepared, tmp_path):
   data_dir, top, _ = prepared
   shutil.copytree(data_dir, tmp_path / "tfds")
   make = lambda placement="host": data_config(tmp_path / "tfds", top, placement)
-  return make, pathlib.Path(os.fspath(tfds_loader.make_builder(make()).data_path))
+  return make, pathlib.Path(os.fspath(prepared_data.make_builder(make()).data_path))
 
 
 def write_in_place(path, index, value):
@@ -66,10 +68,10 @@ SPARSE = ["user_id", "movie_id", "gender", "occupation", "zip", "genre", "domain
 CASES = {
     "truncated_sparse": ("columnar/train/sparse.npy", truncate,
                          r"3,424 bytes instead of 6,848 \(truncated\)"),
-    "garbled_schema": (raw_common.SCHEMA_FILE, garble, r"unreadable \(JSONDecodeError"),
+    "garbled_schema": (storage.PREPARED_SCHEMA_FILE, garble, r"unreadable \(JSONDecodeError"),
     "garbled_dataset_info": ("dataset_info.json", garble, r"unreadable \(JSONDecodeError"),
     "deleted_labels": ("columnar/validation/labels.npy", os.remove, "missing"),
-    "deleted_schema": (raw_common.SCHEMA_FILE, os.remove, "missing"),
+    "deleted_schema": (storage.PREPARED_SCHEMA_FILE, os.remove, "missing"),
     "deleted_dataset_info": ("dataset_info.json", os.remove, "missing"),
     "id_out_of_range": ("columnar/test/sparse.npy",
                         lambda p: write_in_place(p, (5, 1), 10**6),
@@ -109,7 +111,7 @@ def test_damage_is_refused_at_load(case, copy):
   name, damage, pattern = CASES[case]
   damage(folder / name)
   with pytest.raises(integrity.PreparedDataError) as info:
-    tfds_loader.load(make())
+    prepared_data.load(make())
   assert isinstance(info.value, UserError)
   assert_names(info.value, folder, name, pattern)
 
@@ -123,9 +125,9 @@ def test_values_are_checked_in_every_placement(placement, copy):
   write_in_place(folder / name, (200, 1), 10**6)
   if placement == "device":
     with pytest.raises(integrity.PreparedDataError) as info:
-      tfds_loader.load(make(placement))
+      prepared_data.load(make(placement))
   else:
-    source = tfds_loader.load(make(placement)).splits["train"]
+    source = prepared_data.load(make(placement)).splits["train"]
     source.take(np.arange(100))  # rows before the damaged one
     with pytest.raises(integrity.PreparedDataError):
       list(pipeline.ordered_batches(source, 64))  # evaluation
@@ -137,42 +139,42 @@ def test_values_are_checked_in_every_placement(placement, copy):
 
 def test_preparation_records_size_and_crc32_and_verify_finds_in_range_changes(copy):
   make, folder = copy
-  schema = tfds_loader.load(make()).schema
+  schema = prepared_data.load(make()).schema
   files = schema.source["prepared_files"]
   assert sorted(files) == sorted(f"columnar/{s}/{k}.npy" for s in pipeline.SPLITS
                                  for k in ("sparse", "dense", "domain", "labels"))
   for name, record in files.items():
     size, crc = integrity.file_crc32(str(folder / name))
     assert record == {"bytes": size, "crc32": crc}
-  summary = integrity.verify(str(folder), schema, pipeline.SPLITS, raw_common.COLUMNAR_DIR)
+  summary = integrity.verify(str(folder), schema, pipeline.SPLITS, storage.COLUMNAR_DIR)
   assert "300 rows" in summary and "12 files' CRC-32 match" in summary
   # An id changed to another valid id: loading cannot tell, verify can.
   name = "columnar/train/sparse.npy"
   ids = np.load(folder / name)
   write_in_place(folder / name, (0, 0), 1 if ids[0, 0] != 1 else 2)
-  tfds_loader.load(make())
+  prepared_data.load(make())
   with pytest.raises(integrity.PreparedDataError) as info:
-    integrity.verify(str(folder), schema, pipeline.SPLITS, raw_common.COLUMNAR_DIR)
+    integrity.verify(str(folder), schema, pipeline.SPLITS, storage.COLUMNAR_DIR)
   assert_names(info.value, folder, name, r"CRC-32 [0-9a-f]{8} over .* but preparation "
                r"recorded [0-9a-f]{8}")
 
 
 def test_data_prepared_before_the_record_still_loads(copy, caplog):
   make, folder = copy
-  schema_path = folder / raw_common.SCHEMA_FILE
+  schema_path = folder / storage.PREPARED_SCHEMA_FILE
   schema = json.loads(schema_path.read_text())
   del schema["source"]["prepared_files"]
   schema_path.write_text(json.dumps(schema))
   with caplog.at_level(logging.INFO, logger="m3oe_jax.data"):
-    ds = tfds_loader.load(make())
+    ds = prepared_data.load(make())
   assert len(ds.splits["train"]) == 240
   assert "prepared before file checksums were recorded" in caplog.text
   summary = integrity.verify(str(folder), ds.schema, pipeline.SPLITS,
-                             raw_common.COLUMNAR_DIR)
+                             storage.COLUMNAR_DIR)
   assert "no CRC-32 recorded" in summary
   write_in_place(folder / "columnar/train/labels.npy", (0, 0), 7)
   with pytest.raises(integrity.PreparedDataError, match="label 7.0 is not 0 or 1"):
-    tfds_loader.load(make())
+    prepared_data.load(make())
 
 
 @pytest.mark.slow
@@ -184,7 +186,7 @@ def test_commands_print_one_line_and_exit_2(tmp_path):
   run = lambda module, *args: subprocess.run(
       [sys.executable, "-m", module] + config + list(args), cwd=REPO, env=env,
       capture_output=True, text=True, timeout=300)
-  ok = run("m3oe_jax.data.tfds_loader", "--verify")
+  ok = run("m3oe_jax.data.prepared", "--verify")
   assert ok.returncode == 0, ok.stderr[-3000:]
   assert "12 files' CRC-32 match" in ok.stdout
   labels = next(tmp_path.rglob("columnar/train/labels.npy"))

@@ -1,44 +1,23 @@
 """Bad raw input: each case gives a clear error naming the file, line or column,
 leaves nothing that looks like a prepared dataset, and a rerun after the fix works."""
 
-import csv
-import io
-import pathlib
 import re
 import shutil
 
 import ml_collections
 import pytest
 
-from m3oe_jax.data import fake_raw, raw_common, tfds_loader
-
-KR_LOG = "log_random_4_22_to_5_08_pure.csv"
-KR_LOG0 = "log_standard_4_08_to_4_21_pure.csv"
-KR_USERS = "user_features_pure.csv"
-
-
-def _rewrite_csv(path, fn):
-  with open(path, newline="") as f:
-    rows = list(csv.reader(f))
-  rows = fn(rows)
-  buf = io.StringIO()
-  csv.writer(buf, lineterminator="\n").writerows(rows)
-  path.write_text(buf.getvalue())
-
-
-def set_field(path, line, column, value):
-  """Sets `column` of file line `line` (1-based, the header is line 1)."""
-  def fn(rows):
-    rows[line - 1][rows[0].index(column)] = value
-    return rows
-  _rewrite_csv(path, fn)
+from m3oe_jax.data import fake_raw, prepared
+from m3oe_jax.data.raw import RawDataError, RawSourceNotFoundError, sources
+from tests.data.helpers import (KR_LOG, KR_LOG0, KR_USERS, nothing_looks_complete, rewrite_csv,
+                                set_field, write_raw)
 
 
 def drop_column(path, column):
   def fn(rows):
     i = rows[0].index(column)
     return [r[:i] + r[i + 1:] for r in rows]
-  _rewrite_csv(path, fn)
+  rewrite_csv(path, fn)
 
 
 # Each case: (id, dataset, mutate(top, tmp) -> config overrides, fix overrides or
@@ -76,12 +55,12 @@ def _utf16(top, name):
 
 def _archive(top, tmp, checksum_of=None, truncate=False):
   archive = fake_raw.pack_tar_gz(top, tmp / "KuaiRand-Pure-test.tar.gz")
-  md5 = "md5:" + raw_common.file_checksum(archive, "md5")
+  md5 = "md5:" + sources.file_checksum(archive, "md5")
   if truncate:
     data = archive.read_bytes()
     archive.write_bytes(data[:len(data) // 2])
     if checksum_of == "truncated":
-      md5 = "md5:" + raw_common.file_checksum(archive, "md5")
+      md5 = "md5:" + sources.file_checksum(archive, "md5")
   if checksum_of == "other":
     md5 = "md5:" + "0" * 32
   return {"archive": str(archive), "archive_checksum": md5, "extracted_dir": ""}
@@ -108,7 +87,7 @@ def _ml_no_56(top):
 def _without_tab(top, tab, instead):
   """Moves every row of `tab` in every log to tab `instead`."""
   for name in (KR_LOG0, KR_LOG, "log_standard_4_22_to_5_08_pure.csv"):
-    _rewrite_csv(top / "data" / name, lambda rows: [rows[0]] + [
+    rewrite_csv(top / "data" / name, lambda rows: [rows[0]] + [
         r[:-1] + [str(instead) if r[-1] == str(tab) else r[-1]] for r in rows[1:]])
   return {"tabs": [1, tab]}
 
@@ -132,134 +111,119 @@ def _ml_dup_user(top):
 CASES = [
     ("missing_archive", "kuairand",
      lambda top, tmp: {"archive": str(tmp / "nope" / "KuaiRand-Pure.tar.gz"),
-                       "extracted_dir": ""}, {"archive": ""}, raw_common.RawSourceNotFoundError,
+                       "extracted_dir": ""}, {"archive": ""}, RawSourceNotFoundError,
      [r"nope/KuaiRand-Pure\.tar\.gz.* does not exist",
       r"https://zenodo\.org/records/10439422/files/KuaiRand-Pure\.tar\.gz"]),
     ("nothing_offline", "kuairand", lambda top, tmp: {"extracted_dir": ""}, {},
-     raw_common.RawSourceNotFoundError,
+     RawSourceNotFoundError,
      [r"Download https://zenodo\.org/records/10439422/files/KuaiRand-Pure\.tar\.gz",
       r"md5:0820331067a3784d9691136f772b35a7", r"put KuaiRand-Pure\.tar\.gz in .*manual",
       r"download is False"]),
     ("missing_file", "kuairand", lambda top, tmp: (top / "data" / KR_USERS).unlink() or {},
-     None, raw_common.RawDataError, [r"user_features_pure\*?\.csv", "missing"]),
+     None, RawDataError, [r"user_features_pure\*?\.csv", "missing"]),
     ("missing_column", "kuairand", lambda top, tmp: drop_column(top / "data" / KR_LOG, "tab")
-     or {}, None, raw_common.RawDataError,
+     or {}, None, RawDataError,
      [KR_LOG, r"missing column\(s\) \['tab'\]"]),
     ("renamed_column", "kuairand",
-     lambda top, tmp: _rewrite_csv(top / "data" / KR_LOG, lambda rows: [
+     lambda top, tmp: rewrite_csv(top / "data" / KR_LOG, lambda rows: [
          ["click" if c == "is_click" else c for c in rows[0]]] + rows[1:]) or {},
-     None, raw_common.RawDataError, [KR_LOG, r"missing column\(s\) \['is_click'\]"]),
+     None, RawDataError, [KR_LOG, r"missing column\(s\) \['is_click'\]"]),
     ("non_numeric_id", "kuairand",
      lambda top, tmp: set_field(top / "data" / KR_LOG, 5, "user_id", "u17") or {}, None,
-     raw_common.RawDataError, [KR_LOG + ", line 5, column 'user_id'", "not a number",
-                               "'u17'"]),
+     RawDataError, [KR_LOG + ", line 5, column 'user_id'", "not a number",
+                    "'u17'"]),
     ("nan_dense", "kuairand",
      lambda top, tmp: set_field(top / "data" / KR_USERS, 3, "follow_user_num", "nan")
-     or {}, None, raw_common.RawDataError,
+     or {}, None, RawDataError,
      [KR_USERS + ", line 3, column 'follow_user_num'", "NaN or infinite"]),
     ("inf_dense", "kuairand",
      lambda top, tmp: set_field(top / "data" / KR_USERS, 4, "fans_user_num", "inf")
-     or {}, None, raw_common.RawDataError,
+     or {}, None, RawDataError,
      [KR_USERS + ", line 4, column 'fans_user_num'", "NaN or infinite"]),
     ("missing_dense", "kuairand",
      lambda top, tmp: set_field(top / "data" / KR_USERS, 6, "register_days", "") or {},
-     None, raw_common.RawDataError, [KR_USERS + ", line 6, column 'register_days'"]),
+     None, RawDataError, [KR_USERS + ", line 6, column 'register_days'"]),
     ("label_outside", "kuairand", lambda top, tmp: _tab1_click(top), None,
-     raw_common.RawDataError, [KR_LOG0 + ", line 7, column 'is_click'",
-                               r"label 2 is outside \{0, 1\}"]),
+     RawDataError, [KR_LOG0 + ", line 7, column 'is_click'",
+                    r"label 2 is outside \{0, 1\}"]),
     ("tab_without_rows", "kuairand", lambda top, tmp: _without_tab(top, 14, 13),
-     {"tabs": []}, raw_common.RawDataError, [r"domain\(s\) \['tab14'\] have no rows"]),
+     {"tabs": []}, RawDataError, [r"domain\(s\) \['tab14'\] have no rows"]),
     # Values outside their documented range, some of which would size an
     # allocation (a bincount over `tab`): refused where they are read, whether
     # the tabs are counted (tabs=[]) or fixed.
     ("huge_tab_counted", "kuairand",
      lambda top, tmp: set_field(top / "data" / KR_LOG, 9, "tab", "2000000000") or {},
-     None, raw_common.RawDataError,
+     None, RawDataError,
      [KR_LOG + ", line 9, column 'tab': 2000000000 is outside 0..14"]),
     ("huge_tab_fixed_tabs", "kuairand",
      lambda top, tmp: set_field(top / "data" / KR_LOG, 9, "tab", "2000000000")
-     or {"tabs": [0, 1, 4]}, {"tabs": []}, raw_common.RawDataError,
+     or {"tabs": [0, 1, 4]}, {"tabs": []}, RawDataError,
      [KR_LOG + ", line 9, column 'tab': 2000000000 is outside 0..14"]),
     ("negative_tab", "kuairand",
      lambda top, tmp: set_field(top / "data" / KR_LOG0, 4, "tab", "-3") or {}, None,
-     raw_common.RawDataError, [KR_LOG0 + ", line 4, column 'tab': -3 is outside 0..14"]),
+     RawDataError, [KR_LOG0 + ", line 4, column 'tab': -3 is outside 0..14"]),
     ("tab_15", "kuairand",
      lambda top, tmp: set_field(top / "data" / KR_LOG0, 4, "tab", "15") or {}, None,
-     raw_common.RawDataError, [KR_LOG0 + ", line 4, column 'tab': 15 is outside 0..14"]),
+     RawDataError, [KR_LOG0 + ", line 4, column 'tab': 15 is outside 0..14"]),
     ("hourmin_minute_60", "kuairand",
      lambda top, tmp: set_field(top / "data" / KR_LOG, 6, "hourmin", "1260") or {}, None,
-     raw_common.RawDataError, [KR_LOG + ", line 6, column 'hourmin': 1260 is not an HHMM",
-                               r"hour 0\.\.23, minute 0\.\.59"]),
+     RawDataError, [KR_LOG + ", line 6, column 'hourmin': 1260 is not an HHMM",
+                    r"hour 0\.\.23, minute 0\.\.59"]),
     ("hourmin_hour_24", "kuairand",
      lambda top, tmp: set_field(top / "data" / KR_LOG, 8, "hourmin", "2400") or {}, None,
-     raw_common.RawDataError, [KR_LOG + ", line 8, column 'hourmin': 2400 is not an HHMM"]),
+     RawDataError, [KR_LOG + ", line 8, column 'hourmin': 2400 is not an HHMM"]),
     ("hourmin_huge", "kuairand",
      lambda top, tmp: set_field(top / "data" / KR_LOG, 8, "hourmin", "9000000000000")
-     or {}, None, raw_common.RawDataError,
+     or {}, None, RawDataError,
      [KR_LOG + ", line 8, column 'hourmin': 9000000000000 is not an HHMM"]),
     ("negative_time", "kuairand",
      lambda top, tmp: set_field(top / "data" / KR_LOG, 3, "time_ms", "-5") or {}, None,
-     raw_common.RawDataError, [KR_LOG + r", line 3, column 'time_ms': -5 is outside 0\.\."]),
+     RawDataError, [KR_LOG + r", line 3, column 'time_ms': -5 is outside 0\.\."]),
     ("huge_categorical", "kuairand",
      lambda top, tmp: set_field(top / "data" / KR_USERS, 5, "onehot_feat3", "1e30") or {},
-     None, raw_common.RawDataError,
+     None, RawDataError,
      [KR_USERS + ", line 5, column 'onehot_feat3'", r"too large.*2\*\*53"]),
     ("ml_occupation_outside", "movielens", lambda top, tmp: _ml_users_field(top, 5, 3, "99"),
-     None, raw_common.RawDataError,
+     None, RawDataError,
      [r"users\.dat, line 5, column 'Occupation': 99 is outside 0\.\.20"]),
     ("ml_negative_timestamp", "movielens",
      lambda top, tmp: _ml_ratings(top, 6, "1::1::4::-978300760"), None,
-     raw_common.RawDataError,
+     RawDataError,
      [r"ratings\.dat, line 6, column 'Timestamp': -978300760 is outside 0\.\."]),
     ("empty_split", "kuairand", lambda top, tmp: {"split_ratios": [1e4, 1.0, 1.0]},
-     {"split_ratios": [8.0, 1.0, 1.0]}, raw_common.RawDataError,
+     {"split_ratios": [8.0, 1.0, 1.0]}, RawDataError,
      [r"split \['validation'\] would be empty"]),
     ("truncated_file", "kuairand", lambda top, tmp: _truncate(top), None,
-     raw_common.RawDataError, [KR_LOG + r", line \d+", "wrong number of fields"]),
+     RawDataError, [KR_LOG + r", line \d+", "wrong number of fields"]),
     ("utf16_encoding", "kuairand", lambda top, tmp: _utf16(top, "data/" + KR_USERS), None,
-     raw_common.RawDataError, [KR_USERS, "unreadable encoding"]),
+     RawDataError, [KR_USERS, "unreadable encoding"]),
     ("invalid_utf8", "kuairand", lambda top, tmp: _bad_utf8(top), None,
-     raw_common.RawDataError, [KR_USERS + ", line 6", "unreadable encoding"]),
+     RawDataError, [KR_USERS + ", line 6", "unreadable encoding"]),
     ("checksum_mismatch", "kuairand", lambda top, tmp: _archive(top, tmp, "other"), "archive",
-     raw_common.RawDataError, ["KuaiRand-Pure-test.tar.gz", "checksum mismatch"]),
+     RawDataError, ["KuaiRand-Pure-test.tar.gz", "checksum mismatch"]),
     ("truncated_archive", "kuairand", lambda top, tmp: _archive(top, tmp, None, True),
-     "archive", raw_common.RawDataError, ["checksum mismatch", "truncated"]),
+     "archive", RawDataError, ["checksum mismatch", "truncated"]),
     ("truncated_archive_checksum_of_truncated", "kuairand",
      lambda top, tmp: _archive(top, tmp, "truncated", True), "archive",
-     raw_common.RawDataError, ["KuaiRand-Pure-test.tar.gz", "truncated or corrupt"]),
+     RawDataError, ["KuaiRand-Pure-test.tar.gz", "truncated or corrupt"]),
     ("ml_rating_outside", "movielens", lambda top, tmp: _ml_ratings(top, 3, "1::1::7::978300760"),
-     None, raw_common.RawDataError, [r"ratings\.dat, line 3, column 'Rating'",
-                                     r"rating 7 is outside 1\.\.5"]),
+     None, RawDataError, [r"ratings\.dat, line 3, column 'Rating'",
+                          r"rating 7 is outside 1\.\.5"]),
     ("ml_non_numeric_id", "movielens",
      lambda top, tmp: _ml_ratings(top, 4, "1::abc::4::978300760"), None,
-     raw_common.RawDataError, [r"ratings\.dat, line 4, column 'MovieID'", "'abc'"]),
+     RawDataError, [r"ratings\.dat, line 4, column 'MovieID'", "'abc'"]),
     ("ml_missing_field", "movielens", lambda top, tmp: _ml_ratings(top, 2, "1::2::4"), None,
-     raw_common.RawDataError, [r"ratings\.dat, line 2", "wrong number of fields"]),
+     RawDataError, [r"ratings\.dat, line 2", "wrong number of fields"]),
     ("ml_age_group_without_rows", "movielens", lambda top, tmp: _ml_no_56(top),
-     {"age_groups": [[1, 18], [25], [35, 45, 50, 56]]}, raw_common.RawDataError,
+     {"age_groups": [[1, 18], [25], [35, 45, 50, 56]]}, RawDataError,
      [r"domain\(s\) \['age_56'\] have no rows"]),
     ("ml_utf16", "movielens", lambda top, tmp: _utf16(top, "users.dat"), None,
-     raw_common.RawDataError, [r"users\.dat", "unreadable encoding"]),
+     RawDataError, [r"users\.dat", "unreadable encoding"]),
     ("ml_missing_file", "movielens", lambda top, tmp: (top / "movies.dat").unlink() or {},
-     None, raw_common.RawDataError, [r"movies\.dat", "missing"]),
+     None, RawDataError, [r"movies\.dat", "missing"]),
     ("ml_duplicate_user", "movielens", lambda top, tmp: _ml_dup_user(top), None,
-     raw_common.RawDataError, [r"users\.dat, line 4, column 'UserID': duplicate user 1"]),
+     RawDataError, [r"users\.dat, line 4, column 'UserID': duplicate user 1"]),
 ]
-
-
-def write_raw(dataset, folder):
-  if dataset == "kuairand":
-    return fake_raw.write_kuairand(folder, num_rows=300, num_users=30, num_videos=60, seed=11)
-  return fake_raw.write_movielens(folder, num_ratings=300, num_users=40, num_movies=50, seed=11)
-
-
-def nothing_looks_complete(data_dir: pathlib.Path):
-  if not data_dir.exists():
-    return True
-  names = [p.name for p in data_dir.rglob("*")]
-  return ("dataset_info.json" not in names and raw_common.SCHEMA_FILE not in names
-          and not any(n.startswith("incomplete") for n in names)
-          and not any(n.startswith("m3oe-raw-") for n in names))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -275,7 +239,7 @@ def test_bad_input(case, tmp_path):
   for k, v in overrides.items():
     cfg[k] = v
   with pytest.raises(exc) as info:
-    tfds_loader.load(cfg)
+    prepared.load(cfg)
   message = str(info.value)
   for pattern in patterns:
     assert re.search(pattern, message), f"{pattern!r} not in: {message}"
@@ -290,6 +254,6 @@ def test_bad_input(case, tmp_path):
     cfg.extracted_dir = str(top)
     for k, v in (fix or {}).items():
       cfg[k] = v
-  ds = tfds_loader.load(cfg)
+  ds = prepared.load(cfg)
   assert sum(len(s) for s in ds.splits.values()) > 0
   assert not nothing_looks_complete(data_dir)

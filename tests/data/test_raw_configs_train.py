@@ -91,17 +91,17 @@ def _numbers(tree):
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_unset_data_dir_follows_tfds_data_dir(name, tmp_path, monkeypatch):
-  from m3oe_jax.data import tfds_loader  # pylint: disable=g-import-not-at-top
+  from m3oe_jax.data import prepared  # pylint: disable=g-import-not-at-top
   c = CONFIGS[name].get_config("tiny_offline")
   assert c.data.data_dir == ""  # TFDS's default, not a fixed folder
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "from_env"))
-  builder = tfds_loader.prepare(c.data)
+  builder = prepared.prepare(c.data)
   path = str(builder.data_path)
   assert path.startswith(str(tmp_path / "from_env") + "/"), path
   assert (tmp_path / "from_env").is_dir() and builder.data_path.exists()
   c.data.data_dir = str(tmp_path / "explicit")  # a set data_dir wins over the variable
-  assert str(tfds_loader.make_builder(c.data).data_path).startswith(str(tmp_path / "explicit"))
+  assert str(prepared.make_builder(c.data).data_path).startswith(str(tmp_path / "explicit"))
   monkeypatch.delenv("TFDS_DATA_DIR")
   c.data.data_dir = ""
-  assert str(tfds_loader.make_builder(c.data).data_path).startswith(
+  assert str(prepared.make_builder(c.data).data_path).startswith(
       os.path.expanduser("~/tensorflow_datasets/"))

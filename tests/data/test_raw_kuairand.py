@@ -14,7 +14,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from m3oe_jax.data import fake_raw, kuairand, pipeline, raw_common, tfds_loader
+from m3oe_jax.data import fake_raw, pipeline, prepared
+from m3oe_jax.data.datasets import kuairand
+from m3oe_jax.data.raw import RawDataError, sources, storage
+from m3oe_jax.data.raw import text as raw_text
+from m3oe_jax.data.raw.builder import RawTableBuilder
 
 
 def data_config(data_dir, **kw):
@@ -53,7 +57,7 @@ def tiny(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("kr")
   top = fake_raw.write_kuairand(tmp / "raw", num_rows=900, num_users=40, num_videos=90,
                                 seed=7)
-  ds = tfds_loader.load(data_config(tmp / "tfds", extracted_dir=str(top)))
+  ds = prepared.load(data_config(tmp / "tfds", extracted_dir=str(top)))
   return ds, top, tmp
 
 
@@ -80,7 +84,7 @@ def test_auto_tabs_domains_tasks_and_split(tiny):
     np.testing.assert_array_equal(got["labels"], [[float(r["is_click"]), float(r["long_view"])]
                                                   for r in want])
     hour = ds.schema.sparse_names.index("hour")
-    vocab = np.load(_path(tiny) / raw_common.VOCAB_DIR / "hour.npy")
+    vocab = np.load(_path(tiny) / storage.VOCAB_DIR / "hour.npy")
     ids = got["sparse"][:, hour]
     raw = np.array([int(r["hourmin"]) // 100 for r in want])
     np.testing.assert_array_equal(np.where(ids > 0, vocab[np.maximum(ids - 1, 0)], -1),
@@ -96,7 +100,7 @@ def test_auto_tabs_domains_tasks_and_split(tiny):
 
 def _path(tiny):
   _, top, tmp = tiny
-  b = tfds_loader.make_builder(data_config(tmp / "tfds", extracted_dir=str(top)))
+  b = prepared.make_builder(data_config(tmp / "tfds", extracted_dir=str(top)))
   return pathlib.Path(os.fspath(b.data_path))
 
 
@@ -108,7 +112,7 @@ def test_vocabulary_from_train_only_and_oov(tiny):
   train_videos = sorted({int(r["video_id"]) for i, r in enumerate(kept) if part[i] == 0})
   j = ds.schema.sparse_names.index("video_id")
   assert ds.schema.vocab_sizes[j] == len(train_videos) + 1
-  vocab = np.load(_path(tiny) / raw_common.VOCAB_DIR / "video_id.npy")
+  vocab = np.load(_path(tiny) / storage.VOCAB_DIR / "video_id.npy")
   assert vocab.tolist() == train_videos
   for k, split in enumerate(pipeline.SPLITS):
     want = [int(r["video_id"]) for i, r in enumerate(kept) if part[i] == k]
@@ -116,7 +120,7 @@ def test_vocabulary_from_train_only_and_oov(tiny):
     np.testing.assert_array_equal(_all(ds, split)["sparse"][:, j], want_ids)
   assert sum(ds.schema.source["oov_rows"]["test"].values()) >= 0
   # string features: the vocabulary lists the strings seen in training
-  deg = np.load(_path(tiny) / raw_common.VOCAB_DIR / "user_active_degree.npy").tolist()
+  deg = np.load(_path(tiny) / storage.VOCAB_DIR / "user_active_degree.npy").tolist()
   assert set(deg) <= {"high_active", "full_active", "middle_active", "UNKNOWN"}
   # dense: log1p then min-max on the training rows
   train = _all(ds, "train")
@@ -126,11 +130,11 @@ def test_vocabulary_from_train_only_and_oov(tiny):
 
 def test_explicit_tabs_other_tasks_and_random_split(tiny):
   _, top, tmp = tiny
-  ds = tfds_loader.load(data_config(tmp / "tfds", extracted_dir=str(top), tabs=[4, 0],
-                                    tasks=["is_like", "is_click", "long_view"],
-                                    split="random", split_seed=3,
-                                    sparse_features=["user_id", "video_id", "domain"],
-                                    dense_features=[]))
+  ds = prepared.load(data_config(tmp / "tfds", extracted_dir=str(top), tabs=[4, 0],
+                                 tasks=["is_like", "is_click", "long_view"],
+                                 split="random", split_seed=3,
+                                 sparse_features=["user_id", "video_id", "domain"],
+                                 dense_features=[]))
   assert ds.schema.domain_names == ("tab4", "tab0")
   assert ds.schema.task_names == ("is_like", "is_click", "long_view")
   assert ds.schema.num_dense == 0
@@ -146,14 +150,14 @@ def test_explicit_tabs_other_tasks_and_random_split(tiny):
 
 def test_streaming_chunk_sizes_do_not_change_the_output(tiny, monkeypatch):
   ds, top, tmp = tiny
-  monkeypatch.setattr(raw_common, "READ_BLOCK_BYTES", 777)  # many tiny parse blocks
-  monkeypatch.setattr(raw_common.RawTableBuilder, "SHARD_ROWS", 100)  # many TFDS shards
+  monkeypatch.setattr(raw_text, "READ_BLOCK_BYTES", 777)  # many tiny parse blocks
+  monkeypatch.setattr(RawTableBuilder, "SHARD_ROWS", 100)  # many TFDS shards
   cfg = data_config(tmp / "tfds_small", extracted_dir=str(top), chunk_rows=50)
-  small = tfds_loader.load(cfg)
-  builder = tfds_loader.make_builder(cfg)
+  small = prepared.load(cfg)
+  builder = prepared.make_builder(cfg)
   assert len(list(pathlib.Path(os.fspath(builder.data_path)).glob("*train.array_record*"))) > 3
   for split in pipeline.SPLITS:
-    cols = tfds_loader.read_split_from_tfds(builder, split)
+    cols = prepared.read_split_from_tfds(builder, split)
     for k, v in _all(ds, split).items():
       np.testing.assert_array_equal(cols[k], v)
   assert small.schema.model_signature() == ds.schema.model_signature()
@@ -168,10 +172,10 @@ def test_streaming_chunk_sizes_do_not_change_the_output(tiny, monkeypatch):
   lines = log.read_text().splitlines(keepends=True)
   lines[150] = "x" + lines[150]
   log.write_text("".join(lines))
-  with pytest.raises(raw_common.RawDataError,
+  with pytest.raises(RawDataError,
                      match=r"log_random_4_22_to_5_08_pure.csv, line 151, column "
                            r"'user_id': not a number: 'x\d+'"):
-    tfds_loader.load(data_config(tmp / "tfds_bad", extracted_dir=str(bad / top.name)))
+    prepared.load(data_config(tmp / "tfds_bad", extracted_dir=str(bad / top.name)))
 
 
 def test_archive_and_27k_part_files(tmp_path):
@@ -186,9 +190,9 @@ def test_archive_and_27k_part_files(tmp_path):
       lines[0] + "".join(lines[50:]))
   log.unlink()
   archive = fake_raw.pack_tar_gz(top, tmp_path / "KuaiRand-27K-test.tar.gz")
-  md5 = "md5:" + raw_common.file_checksum(archive, "md5")
-  ds = tfds_loader.load(data_config(tmp_path / "tfds", size="27k", archive=str(archive),
-                                    archive_checksum=md5))
+  md5 = "md5:" + sources.file_checksum(archive, "md5")
+  ds = prepared.load(data_config(tmp_path / "tfds", size="27k", archive=str(archive),
+                                 archive_checksum=md5))
   assert ds.schema.source["checksum"] == md5
   assert len(ds.schema.source["files"]["logs"]) == 4
   tabs = ds.schema.source["tabs"]
@@ -249,7 +253,7 @@ def test_tiny_archive_with_the_paper_features(tmp_path):
   c = kuairand_config.get_config("tiny_offline")
   c.data.data_dir = str(tmp_path / "tfds")
   c.data.placement = "host"
-  ds = tfds_loader.load(c.data)
+  ds = prepared.load(c.data)
   assert ds.schema.sparse_names == tuple(PAPER_FEATURES) + ("domain",)
   assert ds.schema.num_sparse == 34 and ds.schema.num_dense == 0
   assert ds.schema.domain_names == ("tab0", "tab1", "tab4")
@@ -277,8 +281,8 @@ def test_tiny_archive_with_the_paper_features(tmp_path):
       "fans_user_num_range": lambda r: users[int(r["user_id"])]["fans_user_num_range"],
       "domain": lambda r: [0, 1, 4].index(int(r["tab"])),
   }
-  path = pathlib.Path(os.fspath(tfds_loader.make_builder(c.data).data_path))
-  vocabs = {f: np.load(path / raw_common.VOCAB_DIR / f"{f}.npy").tolist() for f in raw}
+  path = pathlib.Path(os.fspath(prepared.make_builder(c.data).data_path))
+  vocabs = {f: np.load(path / storage.VOCAB_DIR / f"{f}.npy").tolist() for f in raw}
   train_rows = [r for i, r in enumerate(kept) if part[i] == 0]
   for f, get in raw.items():
     assert sorted(vocabs[f]) == sorted({get(r) for r in train_rows}), f
@@ -295,10 +299,10 @@ def test_statistics_file_is_read_only_for_counts(tmp_path):
   top = fake_raw.write_kuairand(tmp_path / "raw", num_rows=300, num_users=20,
                                 num_videos=30, seed=4)
   (top / "data" / "video_features_statistic_pure.csv").unlink()
-  ds = tfds_loader.load(data_config(tmp_path / "tfds", extracted_dir=str(top),
-                                    sparse_features=["video_id", "tag", "domain"]))
+  ds = prepared.load(data_config(tmp_path / "tfds", extracted_dir=str(top),
+                                 sparse_features=["video_id", "tag", "domain"]))
   assert "video_statistics" not in ds.schema.source["files"]
-  with pytest.raises(raw_common.RawDataError,
+  with pytest.raises(RawDataError,
                      match=r"video_features_statistic_pure\*\.csv.*video statistics"):
-    tfds_loader.load(data_config(tmp_path / "tfds", extracted_dir=str(top),
-                                 sparse_features=["counts", "domain"]))
+    prepared.load(data_config(tmp_path / "tfds", extracted_dir=str(top),
+                              sparse_features=["counts", "domain"]))

@@ -5,55 +5,21 @@ import logging
 import os
 import pathlib
 
-import ml_collections
 import numpy as np
 import pytest
 
-from m3oe_jax.data import fake_raw, pipeline, raw_common, tfds_loader
-
-# Hand-written: 4 users (ages 1, 25, 35, 56), 4 movies, 20 ratings with distinct
-# timestamps, listed out of time order. Latin-1 titles and zip codes as in the
-# real files.
-USERS = ["1::F::1::10::48067", "2::M::25::16::70072", "3::M::35::15::55117",
-         "4::F::56::7::02460-1234"]
-MOVIES = ["1::Toy Story (1995)::Animation|Children's|Comedy",
-          "2::Jumanji (1995)::Adventure|Children's|Fantasy",
-          "3::Amélie (2001)::Comedy|Romance", "4::Café au lait (1993)::Comedy"]
-# (user, movie, rating, timestamp)
-RATINGS = [
-    (1, 1, 5, 1000), (1, 2, 3, 1010), (2, 1, 4, 1020), (2, 3, 2, 1030), (3, 1, 1, 1040),
-    (3, 2, 5, 1050), (4, 1, 4, 1060), (4, 3, 3, 1070), (1, 3, 4, 1080), (2, 2, 5, 1090),
-    (3, 3, 4, 1100), (4, 2, 2, 1110), (1, 4, 5, 1120), (2, 4, 1, 1130), (3, 4, 3, 1140),
-    (4, 4, 4, 1150), (2, 3, 5, 1160), (1, 1, 4, 1170),
-    # the two latest: movie 4 by user 4 again, and user 3 on movie 1
-    (4, 4, 5, 1190), (3, 1, 3, 1180)]
-ORDER = [5, 17, 2, 11, 0, 8, 14, 3, 19, 1, 9, 13, 6, 10, 18, 4, 12, 15, 7, 16]
-
-
-def write_files(folder, ratings=None, users=None, movies=None):
-  top = pathlib.Path(folder) / "ml-1m"
-  top.mkdir(parents=True, exist_ok=True)
-  ratings = ratings if ratings is not None else [
-      "::".join(map(str, RATINGS[i])) for i in ORDER]
-  for name, rows in (("ratings.dat", ratings), ("users.dat", users or USERS),
-                     ("movies.dat", movies or MOVIES)):
-    (top / name).write_bytes(("\n".join(rows) + "\n").encode("latin-1"))
-  return top
-
-
-def data_config(data_dir, **kw):
-  c = ml_collections.ConfigDict(dict(name="movielens", data_dir=str(data_dir),
-                                     download=False, placement="host"))
-  for k, v in kw.items():
-    c[k] = v
-  return c
+from m3oe_jax.data import fake_raw, pipeline
+from m3oe_jax.data import prepared as prepared_data
+from m3oe_jax.data.raw import RawDataError, sources, storage
+from tests.data.helpers import (ML_ORDER, ML_RATINGS, ML_USERS, movielens_config,
+                                write_movielens_files)
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("ml")
-  top = write_files(tmp / "raw")
-  return tfds_loader.load(data_config(tmp / "tfds", extracted_dir=str(top))), tmp
+  top = write_movielens_files(tmp / "raw")
+  return prepared_data.load(movielens_config(tmp / "tfds", extracted_dir=str(top))), tmp
 
 
 def _rows_of(ds, split):
@@ -70,7 +36,7 @@ def test_split_sizes_domains_and_thresholds(prepared):
   assert s.dense_names == ("age",)
   assert [len(ds.splits[k]) for k in pipeline.SPLITS] == [16, 2, 2]
   # Temporal: the test split holds the two latest ratings (timestamps 1180, 1190).
-  by_time = sorted(RATINGS, key=lambda r: (r[3], r[0], r[1]))
+  by_time = sorted(ML_RATINGS, key=lambda r: (r[3], r[0], r[1]))
   age = {1: 1, 2: 25, 3: 35, 4: 56}
   domain_of_age = {1: 0, 18: 0, 25: 1, 35: 2, 45: 2, 50: 2, 56: 2}
   for split, rows in (("train", by_time[:16]), ("validation", by_time[16:18]),
@@ -89,13 +55,13 @@ def test_split_sizes_domains_and_thresholds(prepared):
 def test_vocabularies_from_training_split_with_oov(prepared):
   ds, tmp = prepared
   s = ds.schema
-  by_time = sorted(RATINGS, key=lambda r: (r[3], r[0], r[1]))
+  by_time = sorted(ML_RATINGS, key=lambda r: (r[3], r[0], r[1]))
   train_users = {r[0] for r in by_time[:16]}
   train_movies = {r[1] for r in by_time[:16]}
   assert s.vocab_sizes[0] == len(train_users) + 1
   assert s.vocab_sizes[1] == len(train_movies) + 1
-  vocab_dir = pathlib.Path(os.fspath(tfds_loader.make_builder(data_config(
-      tmp / "tfds", extracted_dir="x")).data_path)) / raw_common.VOCAB_DIR
+  vocab_dir = pathlib.Path(os.fspath(prepared_data.make_builder(movielens_config(
+      tmp / "tfds", extracted_dir="x")).data_path)) / storage.VOCAB_DIR
   movies_vocab = np.load(vocab_dir / "movie_id.npy")
   assert movies_vocab.tolist() == sorted(train_movies)
   genres = np.load(vocab_dir / "genre.npy").tolist()
@@ -115,11 +81,11 @@ def test_vocabularies_from_training_split_with_oov(prepared):
 
 def test_oov_for_values_only_in_later_splits(tmp_path):
   # user 5 (age 25) only rates at the very end: it must be out of vocabulary.
-  users = USERS + ["5::M::25::3::11111"]
-  ratings = ["::".join(map(str, RATINGS[i])) for i in ORDER] + [
+  users = ML_USERS + ["5::M::25::3::11111"]
+  ratings = ["::".join(map(str, ML_RATINGS[i])) for i in ML_ORDER] + [
       "5::1::5::2000", "5::2::4::2001"]
-  top = write_files(tmp_path / "raw", ratings=ratings, users=users)
-  ds = tfds_loader.load(data_config(tmp_path / "tfds", extracted_dir=str(top)))
+  top = write_movielens_files(tmp_path / "raw", ratings=ratings, users=users)
+  ds = prepared_data.load(movielens_config(tmp_path / "tfds", extracted_dir=str(top)))
   test = _rows_of(ds, "test")
   assert len(test["domain"]) == 3
   # The last two ratings (user 5) are in the test split with user id OOV.
@@ -132,7 +98,7 @@ def test_counts_and_positive_rates_recorded_and_printed(prepared, capsys, tmp_pa
   ds, _ = prepared
   counts = ds.schema.source["counts"]
   total = sum(counts[s][d]["rows"] for s in counts for d in counts[s])
-  assert total == len(RATINGS)
+  assert total == len(ML_RATINGS)
   train = _rows_of(ds, "train")
   for d, name in enumerate(ds.schema.domain_names):
     m = train["domain"] == d
@@ -140,24 +106,24 @@ def test_counts_and_positive_rates_recorded_and_printed(prepared, capsys, tmp_pa
     assert counts["train"][name]["positive_rate"]["click"] == pytest.approx(
         train["labels"][m, 0].mean())
   # printed when preparing
-  top = write_files(tmp_path / "raw")
-  tfds_loader.load(data_config(tmp_path / "tfds", extracted_dir=str(top)))
+  top = write_movielens_files(tmp_path / "raw")
+  prepared_data.load(movielens_config(tmp_path / "tfds", extracted_dir=str(top)))
   out = capsys.readouterr().out
   assert "positive rates per (domain, task)" in out and "age_35_45_50_56" in out
 
 
 def test_archive_checksum_source_recorded_and_no_raw_needed_later(tmp_path):
-  top = write_files(tmp_path / "raw")
+  top = write_movielens_files(tmp_path / "raw")
   archive = fake_raw.pack_zip(top, tmp_path / "ml-1m-test.zip")
-  sha = "sha256:" + raw_common.file_checksum(archive, "sha256")
-  cfg = data_config(tmp_path / "tfds", archive=str(archive), archive_checksum=sha)
-  ds = tfds_loader.load(cfg)
+  sha = "sha256:" + sources.file_checksum(archive, "sha256")
+  cfg = movielens_config(tmp_path / "tfds", archive=str(archive), archive_checksum=sha)
+  ds = prepared_data.load(cfg)
   assert ds.schema.source["kind"] == "archive"
   assert ds.schema.source["checksum"] == sha
   assert ds.schema.source["builder"] == "m3oe_movielens1m"
   # The raw files are gone: loading again reads only the prepared data.
   os.remove(archive)
-  again = tfds_loader.load(cfg)
+  again = prepared_data.load(cfg)
   assert again.schema == ds.schema
   for split in pipeline.SPLITS:
     a, b = _rows_of(ds, split), _rows_of(again, split)
@@ -166,16 +132,17 @@ def test_archive_checksum_source_recorded_and_no_raw_needed_later(tmp_path):
 
 
 def test_manual_dir_archive_and_extracted_folder_warning(tmp_path, caplog):
-  top = write_files(tmp_path / "manual")  # manual/ml-1m/ : extracted layout
+  top = write_movielens_files(tmp_path / "manual")  # manual/ml-1m/ : extracted layout
   with caplog.at_level(logging.WARNING):
-    ds = tfds_loader.load(data_config(tmp_path / "tfds", manual_dir=str(tmp_path / "manual")))
+    ds = prepared_data.load(movielens_config(tmp_path / "tfds",
+                                             manual_dir=str(tmp_path / "manual")))
   assert ds.schema.source["kind"] == "extracted"
   assert "no checksum was checked" in caplog.text
   # The official archive name in the manual dir is verified against the official
   # checksum: a different file with that name is refused.
   fake_raw.pack_zip(top, tmp_path / "manual" / "ml-1m.zip")
-  with pytest.raises(raw_common.RawDataError, match="checksum mismatch"):
-    tfds_loader.load(data_config(tmp_path / "tfds2", manual_dir=str(tmp_path / "manual")))
+  with pytest.raises(RawDataError, match="checksum mismatch"):
+    prepared_data.load(movielens_config(tmp_path / "tfds2", manual_dir=str(tmp_path / "manual")))
 
 
 def test_determinism_same_bytes_same_dataset(tmp_path):
@@ -183,8 +150,8 @@ def test_determinism_same_bytes_same_dataset(tmp_path):
   outs = []
   for i in range(2):
     d = tmp_path / f"tfds{i}"
-    ds = tfds_loader.load(data_config(d, extracted_dir=str(top)))
-    builder = tfds_loader.make_builder(data_config(d, extracted_dir=str(top)))
+    ds = prepared_data.load(movielens_config(d, extracted_dir=str(top)))
+    builder = prepared_data.make_builder(movielens_config(d, extracted_dir=str(top)))
     outs.append((ds, pathlib.Path(os.fspath(builder.data_path))))
   (a, pa_), (b, pb) = outs
   assert a.schema.model_signature() == b.schema.model_signature()
@@ -193,8 +160,8 @@ def test_determinism_same_bytes_same_dataset(tmp_path):
     ra, rb = _rows_of(a, split), _rows_of(b, split)
     for k in ra:
       np.testing.assert_array_equal(ra[k], rb[k])
-  for f in sorted((pa_ / raw_common.VOCAB_DIR).iterdir()):
-    np.testing.assert_array_equal(np.load(f), np.load(pb / raw_common.VOCAB_DIR / f.name))
+  for f in sorted((pa_ / storage.VOCAB_DIR).iterdir()):
+    np.testing.assert_array_equal(np.load(f), np.load(pb / storage.VOCAB_DIR / f.name))
   # array_record files hold the same rows as the columnar files
   names = sorted(p.name for p in pa_.glob("*.array_record*"))
   assert names and all((pa_ / n).read_bytes() == (pb / n).read_bytes() for n in names)
@@ -202,9 +169,9 @@ def test_determinism_same_bytes_same_dataset(tmp_path):
 
 def test_tfds_array_record_matches_columnar(prepared):
   ds, tmp = prepared
-  builder = tfds_loader.make_builder(data_config(tmp / "tfds", extracted_dir="x"))
+  builder = prepared_data.make_builder(movielens_config(tmp / "tfds", extracted_dir="x"))
   for split in pipeline.SPLITS:
-    cols = tfds_loader.read_split_from_tfds(builder, split)
+    cols = prepared_data.read_split_from_tfds(builder, split)
     rows = _rows_of(ds, split)
     for k in rows:
       np.testing.assert_array_equal(cols[k], rows[k])
@@ -213,7 +180,7 @@ def test_tfds_array_record_matches_columnar(prepared):
 def test_random_and_file_order_splits(tmp_path):
   top = fake_raw.write_movielens(tmp_path / "raw", num_ratings=500, seed=4)
   def load(**kw):
-    return tfds_loader.load(data_config(tmp_path / "tfds", extracted_dir=str(top), **kw))
+    return prepared_data.load(movielens_config(tmp_path / "tfds", extracted_dir=str(top), **kw))
   r0 = load(split="random", split_seed=0, split_ratios=[6, 2, 2])
   r0b = load(split="random", split_seed=0, split_ratios=[6, 2, 2])
   r1 = load(split="random", split_seed=1, split_ratios=[6, 2, 2])
@@ -233,16 +200,16 @@ def test_placements_give_the_same_batches(tmp_path):
   top = fake_raw.write_movielens(tmp_path / "raw", num_ratings=400, seed=5)
   batches = {}
   for placement in ("host", "stream", "device"):
-    ds = tfds_loader.load(data_config(tmp_path / "tfds", extracted_dir=str(top),
-                                      placement=placement))
+    ds = prepared_data.load(movielens_config(tmp_path / "tfds", extracted_dir=str(top),
+                                             placement=placement))
     b = pipeline.shuffled_batch(ds.splits["train"], 64, seed=1, position=2)
     batches[placement] = {k: np.asarray(v) for k, v in b.items()}
   for placement in ("stream", "device"):
     for k in batches["host"]:
       np.testing.assert_array_equal(batches["host"][k], batches[placement][k])
   # each of two processes gathers only its half of the global batch
-  ds = tfds_loader.load(data_config(tmp_path / "tfds", extracted_dir=str(top),
-                                    placement="stream"))
+  ds = prepared_data.load(movielens_config(tmp_path / "tfds", extracted_dir=str(top),
+                                           placement="stream"))
   halves = [pipeline.shuffled_batch(ds.splits["train"], 64, 1, 2, p, 2) for p in (0, 1)]
   np.testing.assert_array_equal(np.concatenate([h["sparse"] for h in halves]),
                                 batches["host"]["sparse"])
@@ -250,24 +217,24 @@ def test_placements_give_the_same_batches(tmp_path):
 
 def test_schema_json_written_next_to_data(prepared):
   ds, tmp = prepared
-  builder = tfds_loader.make_builder(data_config(tmp / "tfds", extracted_dir="x"))
+  builder = prepared_data.make_builder(movielens_config(tmp / "tfds", extracted_dir="x"))
   path = pathlib.Path(os.fspath(builder.data_path))
-  on_disk = json.loads((path / raw_common.SCHEMA_FILE).read_text())
+  on_disk = json.loads((path / storage.PREPARED_SCHEMA_FILE).read_text())
   assert on_disk["vocab_sizes"] == list(ds.schema.vocab_sizes)
   assert builder.info.metadata["schema"]["domain_names"] == list(ds.schema.domain_names)
 
 
 def test_single_task_and_custom_age_groups(tmp_path):
-  top = write_files(tmp_path / "raw")
-  ds = tfds_loader.load(data_config(tmp_path / "tfds", extracted_dir=str(top),
-                                    tasks=["like"], task_thresholds=[4],
-                                    age_groups=[[1], [25, 35], [56]]))
+  top = write_movielens_files(tmp_path / "raw")
+  ds = prepared_data.load(movielens_config(tmp_path / "tfds", extracted_dir=str(top),
+                                           tasks=["like"], task_thresholds=[4],
+                                           age_groups=[[1], [25, 35], [56]]))
   assert ds.schema.task_names == ("like",)
   assert ds.schema.domain_names == ("age_1", "age_25_35", "age_56")
   rows = {s: _rows_of(ds, s) for s in pipeline.SPLITS}
   assert rows["train"]["labels"].shape[1] == 1
   labels = np.concatenate([rows[s]["labels"][:, 0] for s in pipeline.SPLITS])
-  assert labels.sum() == sum(1 for r in RATINGS if r[2] > 4)
+  assert labels.sum() == sum(1 for r in ML_RATINGS if r[2] > 4)
   domains = np.concatenate([rows[s]["domain"] for s in pipeline.SPLITS])
   want = {1: 0, 2: 1, 3: 1, 4: 2}
-  assert sorted(domains.tolist()) == sorted(want[r[0]] for r in RATINGS)
+  assert sorted(domains.tolist()) == sorted(want[r[0]] for r in ML_RATINGS)

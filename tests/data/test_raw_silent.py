@@ -16,14 +16,15 @@ import zipfile
 import ml_collections
 import pytest
 
-from m3oe_jax.data import fake_raw, raw_common, tfds_loader
+from m3oe_jax.data import fake_raw, prepared
+from m3oe_jax.data.raw import RawDataError, sources, storage
+from m3oe_jax.data.raw import prepare as raw_prepare
 from m3oe_jax.errors import ConfigError
-from tests.data.test_raw_bad_input import (KR_LOG, KR_LOG0, nothing_looks_complete,
-                                           set_field, write_raw)
+from tests.data.helpers import (KR_LOG, KR_LOG0, KR_USERS, nothing_looks_complete, set_field,
+                                write_raw)
 
 KR_LOGS = (KR_LOG0, "log_standard_4_22_to_5_08_pure.csv", KR_LOG)
 KR_VIDEOS = "video_features_basic_pure.csv"
-KR_USERS = "user_features_pure.csv"
 
 
 def data_config(dataset, tmp_path, top, **kw):
@@ -48,8 +49,8 @@ def write_rows(path, rows):
 
 
 def refused(cfg, *patterns):
-  with pytest.raises(raw_common.RawDataError) as info:
-    tfds_loader.load(cfg)
+  with pytest.raises(RawDataError) as info:
+    prepared.load(cfg)
   for p in patterns:
     assert re.search(p, str(info.value)), f"{p!r} not in: {info.value}"
   assert nothing_looks_complete(pathlib.Path(cfg.data_dir))
@@ -115,7 +116,7 @@ def test_parts_are_read_in_part_order(tmp_path):
   for n in (10, 2, 1):
     (tmp_path / f"log_x_27k_part{n}.csv").write_text("a\n")
   (tmp_path / "other.csv").write_text("a\n")
-  source = raw_common.RawSource("extracted", str(tmp_path), None)
+  source = sources.RawSource("extracted", str(tmp_path), None)
   assert source.find_parts("log_x_27k", "log 'x'") == [
       "log_x_27k_part1.csv", "log_x_27k_part2.csv", "log_x_27k_part10.csv"]
   assert source.find_parts("log_y_27k", "log 'y'") == []
@@ -133,7 +134,7 @@ def test_archive_member_twice_is_refused(tmp_path):
   top = write_raw("kuairand", tmp_path / "raw")
   archive = _tar_with_member_twice(top, tmp_path / "KuaiRand-Pure.tar.gz", "data/" + KR_LOG)
   cfg = data_config("kuairand", tmp_path, None, archive=str(archive),
-                    archive_checksum="md5:" + raw_common.file_checksum(archive, "md5"))
+                    archive_checksum="md5:" + sources.file_checksum(archive, "md5"))
   refused(cfg, "KuaiRand-Pure.tar.gz", r"several members named \['KuaiRand-Pure/data/"
           + KR_LOG, "read more than once")
 
@@ -146,7 +147,7 @@ def test_zip_member_twice_is_refused(tmp_path):
     with zipfile.ZipFile(archive, "a") as z:
       z.writestr("ml-1m/ratings.dat", (top / "ratings.dat").read_bytes())
   cfg = data_config("movielens", tmp_path, None, archive=str(archive),
-                    archive_checksum="sha256:" + raw_common.file_checksum(archive, "sha256"))
+                    archive_checksum="sha256:" + sources.file_checksum(archive, "sha256"))
   refused(cfg, "ml-1m.zip", r"several members named \['ml-1m/ratings\.dat'\]")
 
 
@@ -179,7 +180,7 @@ def test_missing_videos_and_users_are_counted(tmp_path, capsys):
   gone_videos, gone_users = {0, 3, 7, 11, 59}, {2, 5}
   _drop_ids(top / "data" / KR_VIDEOS, gone_videos)
   _drop_ids(top / "data" / KR_USERS, gone_users)
-  ds = tfds_loader.load(data_config("kuairand", tmp_path, top, dense_features=[]))
+  ds = prepared.load(data_config("kuairand", tmp_path, top, dense_features=[]))
   source = ds.schema.source
   report = source["checks"]["missing_features"]
   tabs = source["tabs"]
@@ -206,7 +207,7 @@ def test_missing_features_above_the_threshold_are_refused(tmp_path):
 
 def test_nothing_missing_is_reported_as_zero(tmp_path):
   top = write_raw("kuairand", tmp_path / "raw")
-  ds = tfds_loader.load(data_config("kuairand", tmp_path, top))
+  ds = prepared.load(data_config("kuairand", tmp_path, top))
   checks = ds.schema.source["checks"]
   assert {m["rows"] for m in checks["missing_features"].values()} == {0}
   assert checks["duplicate_rows"]["total"] == 0
@@ -230,7 +231,7 @@ def test_kuairand_domain_without_training_rows(tmp_path):
   refused(cfg, r"domain\(s\) \['tab4'\] have no training rows", "cannot learn",
           "config.data.split")
   cfg.split = "random"
-  assert tfds_loader.load(cfg).schema.source["counts"]["train"]["tab4"]["rows"] > 0
+  assert prepared.load(cfg).schema.source["counts"]["train"]["tab4"]["rows"] > 0
 
 
 def test_movielens_domain_without_training_rows(tmp_path):
@@ -260,7 +261,7 @@ def test_kuairand_duplicate_rows_are_counted(tmp_path, capsys):
   lines = path.read_text().splitlines()
   extra = [lines[2], lines[5], lines[5], lines[9], lines[20]]
   path.write_text("\n".join(lines + extra) + "\n")
-  ds = tfds_loader.load(data_config("kuairand", tmp_path, top, tabs=[0, 1, 4]))
+  ds = prepared.load(data_config("kuairand", tmp_path, top, tabs=[0, 1, 4]))
   dup = ds.schema.source["checks"]["duplicate_rows"]
   expected = {}
   for name in KR_LOGS:
@@ -282,7 +283,7 @@ def test_movielens_duplicate_rows_are_counted(tmp_path):
   path = top / "ratings.dat"
   lines = path.read_text("latin-1").splitlines()
   path.write_text("\n".join(lines + [lines[0], lines[7], lines[0]]) + "\n", "latin-1")
-  ds = tfds_loader.load(data_config("movielens", tmp_path, top))
+  ds = prepared.load(data_config("movielens", tmp_path, top))
   assert ds.schema.source["checks"]["duplicate_rows"]["per_file"] == {str(path): 3}
 
 
@@ -296,9 +297,9 @@ def test_duplicate_count_does_not_depend_on_bucketing(tmp_path, chunk):
   cols = {}
   for name, a in (("h", row_hash), ("o", origin)):
     a.tofile(tmp_path / f"{name}.bin")
-    cols[name] = raw_common.FlatColumn(str(tmp_path / f"{name}.bin"), a.dtype, 1, len(a),
-                                       two_d=False)
-  counts = raw_common.count_duplicate_rows(cols["h"], cols["o"], str(tmp_path), 2, chunk)
+    cols[name] = storage.FlatColumn(str(tmp_path / f"{name}.bin"), a.dtype, 1, len(a),
+                                    two_d=False)
+  counts = raw_prepare.count_duplicate_rows(cols["h"], cols["o"], str(tmp_path), 2, chunk)
   # hashes[:5] repeat rows of file 0 in file 1; rows with origin -1 are not
   # counted; hashes[30:33] are file 1's rows repeated under file 0.
   assert counts.tolist() == [3, 5]
@@ -340,10 +341,10 @@ def test_bad_setting_names_the_field(tmp_path, case):
   cfg = data_config(dataset, tmp_path, None)
   cfg[field] = value
   with pytest.raises(ConfigError, match=rf"config\.data\.{field}\b"):
-    tfds_loader.make_builder(cfg)
+    prepared.make_builder(cfg)
   assert not (tmp_path / "tfds").exists() or nothing_looks_complete(tmp_path / "tfds")
 
 
 def test_prepare_refuses_bad_chunk_rows(tmp_path):
   with pytest.raises(ConfigError, match=r"config\.data\.chunk_rows=0"):
-    raw_common.prepare(iter(()), None, str(tmp_path), chunk_rows=0)
+    raw_prepare.prepare(iter(()), None, str(tmp_path), chunk_rows=0)

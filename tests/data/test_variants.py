@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from m3oe_jax.data import synthetic, variants
+from m3oe_jax.data import variants
+from m3oe_jax.data.datasets import synthetic
 from tests.helpers import tiny_data_config
 
 

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from m3oe_jax.data import synthetic
+from m3oe_jax.data.datasets import synthetic
 from m3oe_jax.data.schema import FeatureSchema
 from m3oe_jax.models import build_model, dummy_batch, export_weights
 from tests.helpers import batch_of, model_config, tiny_data_config

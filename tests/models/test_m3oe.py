@@ -60,7 +60,7 @@ def test_import_names_missing_unexpected_and_misshapen_weights():
 
 
 def test_single_domain_and_single_task_models_work():
-  from m3oe_jax.data import synthetic
+  from m3oe_jax.data.datasets import synthetic
   from tests.helpers import tiny_data_config
   dataset = synthetic.make_dataset(tiny_data_config(num_domains=1, num_tasks=1))
   model = build_model(model_config(), dataset.schema)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from m3oe_jax.data import synthetic
+from m3oe_jax.data.datasets import synthetic
 from m3oe_jax.data.schema import FeatureSchema
 from m3oe_jax.models import build_model, export_weights, init_variables
 from m3oe_jax.models.mlp import MLPBaseline, reference_head_table

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from m3oe_jax.data import synthetic
+from m3oe_jax.data.datasets import synthetic
 from m3oe_jax.data.schema import FeatureSchema
 from m3oe_jax.errors import ConfigError
 from m3oe_jax.models import build_model, export_weights, init_variables

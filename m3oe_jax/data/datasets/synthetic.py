@@ -101,6 +101,8 @@ def generate(config: ml_collections.ConfigDict) -> tuple[FeatureSchema, dict[str
       dense_names=[f"dense{i}" for i in range(int(config.num_dense))],
       domain_names=[f"synthetic_domain{d}" for d in range(num_d)],
       task_names=[f"synthetic_task{t}" for t in range(num_t)],
+      # The module's name when the first schemas were recorded, kept so that
+      # the schemas of the same config stay equal.
       source={"generator": "m3oe_jax.data.synthetic", "config": config.to_dict()},
   )
   columns = {
@@ -111,6 +113,11 @@ def generate(config: ml_collections.ConfigDict) -> tuple[FeatureSchema, dict[str
       "true_prob": true_prob.astype(np.float32),
   }
   return schema, columns
+
+
+def load(config: ml_collections.ConfigDict) -> Dataset:
+  """The dataset of `config` (the registry's entry point): `make_dataset`."""
+  return make_dataset(config)
 
 
 def make_dataset(config: ml_collections.ConfigDict) -> Dataset:

@@ -5,7 +5,7 @@ Reads the original archives from https://zenodo.org/records/10439422 (CC BY-SA
 video statistics' `counts` (whichever the features need). Domains are
 values of the log column `tab` (default: the three most frequent tabs, in the
 order of their ids), tasks are binary log columns (default `is_click`,
-`long_view`). See `raw_common.py` for splitting, vocabularies and storage.
+`long_view`). `data/raw/` does the splitting, vocabularies and storage.
 
 Builder configs: `pure`, `1k`, `27k` with `DEFAULT_SETTINGS` (the richer,
 non-paper features and the most frequent tabs). Any other settings, such as
@@ -16,22 +16,26 @@ prepared data never share a directory (`make_config`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from m3oe_jax.data import raw_common as rc
+from m3oe_jax.data.raw import RawDataError, builder, encode, prepare, settings, sources, text
+from m3oe_jax.errors import ConfigError
+
+log = logging.getLogger("m3oe_jax.data")
 
 ZENODO = "https://zenodo.org/records/10439422/files/"
 
 ARCHIVES = {
-    "pure": rc.ArchiveSpec(ZENODO + "KuaiRand-Pure.tar.gz", "KuaiRand-Pure.tar.gz",
-                           "md5:0820331067a3784d9691136f772b35a7", "KuaiRand-Pure"),
-    "1k": rc.ArchiveSpec(ZENODO + "KuaiRand-1K.tar.gz", "KuaiRand-1K.tar.gz",
-                         "md5:6b0b9c8222d67fcd4c676218edca3f1f", "KuaiRand-1K"),
-    "27k": rc.ArchiveSpec(ZENODO + "KuaiRand-27K.tar.gz", "KuaiRand-27K.tar.gz",
-                          "md5:3e3c799a24e2d23a4d2c757fbf9adf59", "KuaiRand-27K"),
+    "pure": sources.ArchiveSpec(ZENODO + "KuaiRand-Pure.tar.gz", "KuaiRand-Pure.tar.gz",
+                                "md5:0820331067a3784d9691136f772b35a7", "KuaiRand-Pure"),
+    "1k": sources.ArchiveSpec(ZENODO + "KuaiRand-1K.tar.gz", "KuaiRand-1K.tar.gz",
+                              "md5:6b0b9c8222d67fcd4c676218edca3f1f", "KuaiRand-1K"),
+    "27k": sources.ArchiveSpec(ZENODO + "KuaiRand-27K.tar.gz", "KuaiRand-27K.tar.gz",
+                               "md5:3e3c799a24e2d23a4d2c757fbf9adf59", "KuaiRand-27K"),
 }
 SUFFIX = {"pure": "pure", "1k": "1k", "27k": "27k"}
 
@@ -114,48 +118,43 @@ DEFAULT_SETTINGS = {
 }
 
 
-def make_config(**overrides) -> rc.RawBuilderConfig:
+def make_config(**overrides) -> builder.RawBuilderConfig:
   """The builder config for `overrides` of `DEFAULT_SETTINGS` (validated)."""
-  unknown = set(overrides) - set(DEFAULT_SETTINGS)
-  if unknown:
-    raise rc.ConfigError(f"kuairand: unknown settings {sorted(unknown)}; known: "
-                         f"{sorted(DEFAULT_SETTINGS)}")
-  s = {**DEFAULT_SETTINGS, **overrides}
-  s = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in s.items()}
-  s["split_ratios"] = rc.config_ratios(s["split_ratios"])
-  s["tabs"] = rc.config_int_list(s["tabs"], "tabs", 0, MAX_TAB, "KuaiRand's tab ids")
+  s = settings.with_defaults("kuairand", DEFAULT_SETTINGS, overrides)
+  s["split_ratios"] = settings.config_ratios(s["split_ratios"])
+  s["tabs"] = settings.config_int_list(s["tabs"], "tabs", 0, MAX_TAB, "KuaiRand's tab ids")
   _validate(s)
   base = {**DEFAULT_SETTINGS, "size": s["size"]}
-  name = s["size"] if s == base else f"{s['size']}_{rc.settings_hash(s)}"
-  return rc.RawBuilderConfig(name=name, description=f"KuaiRand-{s['size']}", settings=s)
+  name = s["size"] if s == base else f"{s['size']}_{settings.settings_hash(s)}"
+  return builder.RawBuilderConfig(name=name, description=f"KuaiRand-{s['size']}", settings=s)
 
 
 def _validate(s: Mapping[str, Any]) -> None:
   if s["size"] not in ARCHIVES:
-    raise rc.ConfigError(f"kuairand: config.data.size={s['size']!r} is not one of "
-                         f"{list(ARCHIVES)}")
+    raise ConfigError(f"kuairand: config.data.size={s['size']!r} is not one of "
+                      f"{list(ARCHIVES)}")
   bad = [x for x in s["logs"] if x not in LOGS]
   if bad or not s["logs"] or len(set(s["logs"])) != len(s["logs"]):
     problem = bad or "empty or a log twice"
-    raise rc.ConfigError(f"kuairand: config.data.logs={s['logs']} invalid ({problem}); "
-                         f"choose some of {list(LOGS)}, each once")
+    raise ConfigError(f"kuairand: config.data.logs={s['logs']} invalid ({problem}); "
+                      f"choose some of {list(LOGS)}, each once")
   bad = [t for t in s["tasks"] if t not in LOG_COLUMNS]
   if bad or not s["tasks"]:
-    raise rc.ConfigError(f"kuairand: config.data.tasks {bad or s['tasks']} are not log "
-                         f"columns {list(LOG_COLUMNS)}")
+    raise ConfigError(f"kuairand: config.data.tasks {bad or s['tasks']} are not log "
+                      f"columns {list(LOG_COLUMNS)}")
   bad = [t for t in s["tasks"] if t not in BINARY_LOG_COLUMNS]
   if bad or len(set(s["tasks"])) != len(s["tasks"]):
     problem = f"{bad} are not 0/1 columns" if bad else "a task is listed twice"
-    raise rc.ConfigError(f"kuairand: config.data.tasks={s['tasks']}: {problem}; tasks are "
-                         f"distinct 0/1 log columns {list(BINARY_LOG_COLUMNS)}")
-  rc.check_features_and_split("kuairand", s, SPARSE_FEATURES, DENSE_FEATURES)
+    raise ConfigError(f"kuairand: config.data.tasks={s['tasks']}: {problem}; tasks are "
+                      f"distinct 0/1 log columns {list(BINARY_LOG_COLUMNS)}")
+  settings.check_features_and_split("kuairand", s, SPARSE_FEATURES, DENSE_FEATURES)
   if not s["tabs"]:
-    rc.config_int(s["num_auto_tabs"], "num_auto_tabs", 1, MAX_TAB + 1,
-                  "how many of the most frequent tabs become domains when "
-                  "config.data.tabs is empty")
+    settings.config_int(s["num_auto_tabs"], "num_auto_tabs", 1, MAX_TAB + 1,
+                        "how many of the most frequent tabs become domains when "
+                        "config.data.tabs is empty")
 
 
-class M3oeKuairand(rc.RawTableBuilder):
+class M3oeKuairand(builder.RawTableBuilder):
   """KuaiRand interactions: domains by `tab`, binary log columns as tasks."""
 
   name = "m3oe_kuairand"
@@ -172,44 +171,32 @@ class M3oeKuairand(rc.RawTableBuilder):
       "https://zenodo.org/records/10439422 and put it in the manual dir, or "
       "point config.data.archive at it.")
 
-  def archive_spec(self) -> rc.ArchiveSpec:
+  def archive_spec(self) -> sources.ArchiveSpec:
     return ARCHIVES[self.settings["size"]]
 
-  def prepare_into(self, source: rc.RawSource, out_dir: str) -> dict[str, Any]:
+  def prepare_into(self, source: sources.RawSource, out_dir: str) -> dict[str, Any]:
     return prepare_kuairand(self.settings, source, out_dir, scratch_dir=self._scratch_dir,
                             chunk_rows=self._chunk_rows)
+
+
+BUILDER = M3oeKuairand
 
 
 # ----------------------------------------------------------------------------
 # Reading.
 
-CSV = rc.TextFormat(delimiter=",", header=True, encoding="utf8", quote=True)
+CSV = text.TextFormat(delimiter=",", header=True, encoding="utf8", quote=True)
 
 
 def _first_tag(s: str) -> str:
   return s.split(",")[0].strip()
 
 
-class _Table:
-  """A per-user or per-video feature table, looked up by id."""
-
-  def __init__(self, ids: np.ndarray, codes: dict[str, np.ndarray],
-               dense: dict[str, np.ndarray], where: str, id_col: str,
-               lines: np.ndarray):
-    order = np.argsort(ids, kind="stable")
-    self.ids = ids[order]
-    dup = np.flatnonzero(self.ids[1:] == self.ids[:-1])
-    if len(dup):
-      i = order[dup[0] + 1]
-      raise rc.RawDataError(f"{where}, line {int(lines[i])}, column {id_col!r}: "
-                            f"duplicate id {int(ids[i])}")
-    self.codes = {k: v[order] for k, v in codes.items()}
-    self.dense = {k: v[order] for k, v in dense.items()}
-
-
-def _read_table(source: rc.RawSource, members: Sequence[str], id_col: str,
+def _read_table(source: sources.RawSource, members: Sequence[str], id_col: str,
                 features: Sequence[str], dense: Sequence[str],
-                coders: Mapping[str, rc.StringCoder]) -> _Table:
+                coders: Mapping[str, encode.StringCoder]) -> encode.IdTable:
+  """A per-user or per-video feature table: the sparse `features` as codes, the
+  `dense` ones log1p-scaled."""
   types = {id_col: pa.int64()}
   plan = []  # (feature name, column, kind)
   for f in features:
@@ -223,8 +210,8 @@ def _read_table(source: rc.RawSource, members: Sequence[str], id_col: str,
   dvals = {q: [] for q in dense}
   for member in members:
     where = source.display(member)
-    for first, table in rc.read_blocks(source, member, CSV, types):
-      ids.append(rc.column_int(table, id_col, where, first))
+    for first, table in text.read_blocks(source, member, CSV, types):
+      ids.append(text.column_int(table, id_col, where, first))
       lines.append(np.arange(first, first + table.num_rows))
       for f, col, kind in plan:
         if kind == "str":
@@ -233,42 +220,51 @@ def _read_table(source: rc.RawSource, members: Sequence[str], id_col: str,
           codes[f].append(coders[f].encode(table.column(col), _first_tag))
         elif kind == "duration_bucket":
           ms = table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
-          b = np.full(len(ms), rc.MISSING, np.int64)
+          b = np.full(len(ms), text.MISSING, np.int64)
           ok = np.isfinite(ms)
           b[ok] = np.searchsorted(DURATION_EDGES_S, ms[ok] / 1000.0, side="right")
           codes[f].append(b)
         else:  # num
-          codes[f].append(rc.float_codes(table, col, where, first))
+          codes[f].append(text.float_codes(table, col, where, first))
       for q in dense:
-        v = rc.column_float(table, q, where, first, check_finite=True)
+        v = text.column_float(table, q, where, first, check_finite=True)
         dvals[q].append(np.log1p(np.maximum(v, 0.0)))
   cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)
-  return _Table(cat(ids, np.int64), {f: cat(v, np.int64) for f, v in codes.items()},
-                {q: cat(v, np.float64) for q, v in dvals.items()},
-                source.display(members[0]) if members else source.path, id_col,
-                cat(lines, np.int64))
+  return encode.IdTable(cat(ids, np.int64), {f: cat(v, np.int64) for f, v in codes.items()},
+                        {q: cat(v, np.float64) for q, v in dvals.items()},
+                        source.display(members[0]) if members else source.path, id_col,
+                        cat(lines, np.int64))
 
 
-def _log_members(source: rc.RawSource, s: Mapping[str, Any]) -> list[str]:
+def _log_members(source: sources.RawSource, s: Mapping[str, Any]) -> list[str]:
   members = []
   for name in s["logs"]:
     pattern = LOGS[name].format(s=SUFFIX[s["size"]])
     found = source.find_parts(pattern[:-len("*.csv")], f"log {name!r}")
     if not found:
-      raise rc.RawDataError(
+      raise RawDataError(
           f"{source.path}: log file {pattern!r} (log {name!r}) is missing from this "
           f"{source.kind} source")
     members.extend(found)
   return members
 
 
-def count_tabs(source: rc.RawSource, members: Sequence[str]) -> np.ndarray:
+def _feature_parts(source: sources.RawSource, pattern: str, what: str) -> list[str]:
+  """The parts of a feature file (`pattern` without its `*.csv`, then
+  `_part<N>.csv` or `.csv`); none at all is an error naming `pattern`."""
+  found = source.find_parts(pattern[:-len("*.csv")], what)
+  if not found:
+    source.find_one(pattern, what)  # refuses the missing file, naming it
+  return found
+
+
+def count_tabs(source: sources.RawSource, members: Sequence[str]) -> np.ndarray:
   counts = np.zeros(MAX_TAB + 1, np.int64)
   for member in members:
     where = source.display(member)
-    for first, table in rc.read_blocks(source, member, CSV, {"tab": pa.int64()}):
-      tab = rc.column_int(table, "tab", where, first)
-      rc.check_range(tab, 0, MAX_TAB, "tab", where, first, "KuaiRand's tab ids")
+    for first, table in text.read_blocks(source, member, CSV, {"tab": pa.int64()}):
+      tab = text.column_int(table, "tab", where, first)
+      text.check_range(tab, 0, MAX_TAB, "tab", where, first, "KuaiRand's tab ids")
       counts += np.bincount(tab, minlength=MAX_TAB + 1)
   return counts
 
@@ -276,15 +272,15 @@ def count_tabs(source: rc.RawSource, members: Sequence[str]) -> np.ndarray:
 def auto_tabs(counts: np.ndarray, k: int, where: str) -> list[int]:
   present = np.flatnonzero(counts)
   if len(present) < k:
-    raise rc.RawDataError(f"{where}: only {len(present)} distinct tabs "
-                          f"{present.tolist()} in the logs, {k} requested")
+    raise RawDataError(f"{where}: only {len(present)} distinct tabs "
+                       f"{present.tolist()} in the logs, {k} requested")
   order = sorted(present.tolist(), key=lambda t: (-counts[t], t))[:k]
   return sorted(order)
 
 
-def prepare_kuairand(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, *,
-                     scratch_dir: str | None = None, chunk_rows: int = 1 << 20
-                     ) -> dict[str, Any]:
+def prepare_kuairand(s: Mapping[str, Any], source: sources.RawSource, out_dir: str, *,
+                     scratch_dir: str | None = None,
+                     chunk_rows: int = settings.DEFAULT_CHUNK_ROWS) -> dict[str, Any]:
   suffix = SUFFIX[s["size"]]
   log_members = _log_members(source, s)
   tabs = list(s["tabs"])
@@ -297,7 +293,7 @@ def prepare_kuairand(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, *
 
   sparse = list(s["sparse_features"])
   kinds = {f: SPARSE_FEATURES[f] for f in sparse}
-  coders = {f: rc.StringCoder() for f in sparse if kinds[f][2] in ("str", "first_tag")}
+  coders = {f: encode.StringCoder() for f in sparse if kinds[f][2] in ("str", "first_tag")}
   user_feats = [f for f in sparse if kinds[f][0] == "user"]
   video_feats = [f for f in sparse if kinds[f][0] == "video"]
   dense = list(s["dense_features"])
@@ -308,53 +304,43 @@ def prepare_kuairand(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, *
     members["user_features"] = m
     users = _read_table(source, m, "user_id", user_feats, dense, coders)
   if video_feats:
-    m = source.find_parts(VIDEO_FILE.format(s=suffix)[:-len("*.csv")],
-                          "basic video features")
-    if not m:
-      source.find_one(VIDEO_FILE.format(s=suffix), "basic video features")
+    m = _feature_parts(source, VIDEO_FILE.format(s=suffix), "basic video features")
     members["video_features"] = m
     videos = _read_table(source, m, "video_id", video_feats, (), coders)
   stat_feats = [f for f in sparse if kinds[f][0] == "stat"]
   stats = None
   if stat_feats:
-    m = source.find_parts(STAT_FILE.format(s=suffix)[:-len("*.csv")], "video statistics")
-    if not m:
-      source.find_one(STAT_FILE.format(s=suffix), "video statistics")
+    m = _feature_parts(source, STAT_FILE.format(s=suffix), "video statistics")
     members["video_statistics"] = m
     stats = _read_table(source, m, "video_id", stat_feats, (), coders)
 
   tasks = list(s["tasks"])
-  log_types = {"user_id": pa.int64(), "video_id": pa.int64(), "time_ms": pa.int64(),
-               "tab": pa.int64()}
-  if "hour" in sparse:
-    log_types["hourmin"] = pa.int64()
-  if "date" in sparse:
-    log_types["date"] = pa.int64()
-  for t in tasks:
-    log_types[t] = pa.int64()
+  log_columns = ["user_id", "video_id", "time_ms", "tab"]
+  log_columns += [c for c, f in (("hourmin", "hour"), ("date", "date")) if f in sparse]
+  log_types = {c: pa.int64() for c in log_columns + tasks}
 
   feature_files = {"user": "user_features", "video": "video_features",
                    "stat": "video_statistics"}
   missing_acc = {}  # table name -> [rows checked, rows missing, missing ids]
   checks = {}
 
-  def chunks() -> Iterator[rc.Chunk]:
+  def chunks() -> Iterator[prepare.Chunk]:
     for member in log_members:
       where = source.display(member)
-      for first, table, hashes in rc.read_blocks(source, member, CSV, log_types,
-                                                 line_hashes=True):
-        tab = rc.column_int(table, "tab", where, first)
-        rc.check_range(tab, 0, MAX_TAB, "tab", where, first, "KuaiRand's tab ids")
+      for first, table, hashes in text.read_blocks(source, member, CSV, log_types,
+                                                   line_hashes=True):
+        tab = text.column_int(table, "tab", where, first)
+        text.check_range(tab, 0, MAX_TAB, "tab", where, first, "KuaiRand's tab ids")
         if "hourmin" in log_types:
-          _check_hourmin(rc.column_int(table, "hourmin", where, first), where, first)
-        rc.check_range(rc.column_int(table, "time_ms", where, first), 0, rc.MAX_TIME,
-                       "time_ms", where, first, "unix milliseconds")
-        pos, keep = rc.lookup_rows(tabs_sorted, tab)
+          _check_hourmin(text.column_int(table, "hourmin", where, first), where, first)
+        text.check_range(text.column_int(table, "time_ms", where, first), 0, text.MAX_TIME,
+                         "time_ms", where, first, "unix milliseconds")
+        pos, keep = encode.lookup_rows(tabs_sorted, tab)
         idx = np.flatnonzero(keep)
         if not len(idx):
           continue
         lines = first + idx
-        col = lambda c: rc.column_int(table, c, where, first)[idx]
+        col = lambda c: text.column_int(table, c, where, first)[idx]
         user, video = col("user_id"), col("video_id")
         labels = np.empty((len(idx), len(tasks)), np.uint8)
         for j, t in enumerate(tasks):
@@ -363,17 +349,17 @@ def prepare_kuairand(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, *
           labels[:, j] = v
         upos = None
         if users is not None:
-          upos, ufound = rc.lookup_rows(users.ids, user)
+          upos, ufound = encode.lookup_rows(users.ids, user)
           if dense and not ufound.all():
             bad = int(np.flatnonzero(~ufound)[0])
-            raise rc.RawDataError(
+            raise RawDataError(
                 f"{where}, line {int(lines[bad])}, column 'user_id': user "
                 f"{int(user[bad])} is not in {members['user_features'][0]} (needed for "
                 f"dense features {dense})")
         found_in = {"user": (users, upos, ufound)} if users is not None else {}
         for name, tbl, key in (("video", videos, video), ("stat", stats, video)):
           if tbl is not None:
-            found_in[name] = (tbl, *rc.lookup_rows(tbl.ids, key))
+            found_in[name] = (tbl, *encode.lookup_rows(tbl.ids, key))
         for name, (_, _, found) in found_in.items():
           acc = missing_acc.setdefault(name, [0, 0, []])
           acc[0] += len(found)
@@ -392,14 +378,14 @@ def prepare_kuairand(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, *
             out[:, j] = col(column)
           else:
             tbl, p, found = found_in[table_name]
-            missing = coders[f].code("") if f in coders else rc.MISSING
+            missing = coders[f].code("") if f in coders else text.MISSING
             out[:, j] = np.where(found, tbl.codes[f][p], missing)
         dvals = np.empty((len(idx), len(dense)), np.float64)
         for j, q in enumerate(dense):
           dvals[:, j] = users.dense[q][upos]
-        yield rc.Chunk(domain=tab_to_domain[pos[idx]], labels=labels, sparse=out,
-                       dense=dvals, time=col("time_ms"), user=user, item=video,
-                       row_hash=hashes[idx], origin=where)
+        yield prepare.Chunk(domain=tab_to_domain[pos[idx]], labels=labels, sparse=out,
+                            dense=dvals, time=col("time_ms"), user=user, item=video,
+                            row_hash=hashes[idx], origin=where)
     report = {}
     for name, (checked, rows, ids) in missing_acc.items():
       ids = ids[0] if ids else np.zeros(0, np.int64)
@@ -408,20 +394,20 @@ def prepare_kuairand(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, *
                        "ids": len(ids), "rows": rows, "rows_checked": checked,
                        "example_ids": ids[:5].tolist()}
       if rows > MAX_MISSING_FEATURE_SHARE * checked:
-        raise rc.RawDataError(
+        raise RawDataError(
             f"{files}: {rows:,} of the {checked:,} kept log rows have a "
             f"{report[files]['id_column']} absent from this file ({len(ids):,} distinct "
             f"ids, e.g. {ids[:5].tolist()}); more than {MAX_MISSING_FEATURE_SHARE:.0%} "
             "means the feature file and the logs are not from the same KuaiRand "
             "release. Use the files of one archive.")
       if rows:
-        rc.log.warning("%s: %d log rows (%d distinct ids) are absent from it and get "
-                       "missing features", files, rows, len(ids))
+        log.warning("%s: %d log rows (%d distinct ids) are absent from it and get "
+                    "missing features", files, rows, len(ids))
     checks["missing_features"] = report
 
-  spec = rc.PrepareSpec(
+  spec = prepare.PrepareSpec(
       dataset=f"kuairand-{s['size']}",
-      sparse=tuple(rc.FeatureDef(f, "str" if f in coders else "int") for f in sparse),
+      sparse=tuple(prepare.FeatureDef(f, "str" if f in coders else "int") for f in sparse),
       dense_names=tuple(dense),
       domain_names=tuple(f"tab{t}" for t in tabs),
       task_names=tuple(tasks),
@@ -432,14 +418,14 @@ def prepare_kuairand(s: Mapping[str, Any], source: rc.RawSource, out_dir: str, *
       source={**source.describe(), "files": members, "tabs": tabs,
               "tab_counts_all_rows": (tab_counts.tolist() if tab_counts is not None
                                       else None)})
-  return rc.prepare(chunks(), spec, out_dir, scratch_dir=scratch_dir, chunk_rows=chunk_rows)
+  return prepare.prepare(chunks(), spec, out_dir, scratch_dir=scratch_dir, chunk_rows=chunk_rows)
 
 
 def _check_hourmin(values: np.ndarray, where: str, first: int) -> None:
   bad = np.flatnonzero((values < 0) | (values // 100 > 23) | (values % 100 > 59))
   if len(bad):
     i = int(bad[0])
-    raise rc.RawDataError(
+    raise RawDataError(
         f"{where}, line {first + i}, column 'hourmin': {int(values[i])} is not an HHMM "
         f"time (hour 0..23, minute 0..59); fix or remove the row ({len(bad)} such "
         "value(s) in this block)")
@@ -448,6 +434,6 @@ def _check_hourmin(values: np.ndarray, where: str, first: int) -> None:
 def _check_binary(values: np.ndarray, name: str, where: str, lines: np.ndarray) -> None:
   bad = np.flatnonzero((values != 0) & (values != 1))
   if len(bad):
-    raise rc.RawDataError(
+    raise RawDataError(
         f"{where}, line {int(lines[bad[0]])}, column {name!r}: label "
         f"{int(values[bad[0]])} is outside {{0, 1}}")

@@ -1,9 +1,9 @@
 """From `config.data` to a prepared KuaiRand or MovieLens `Dataset`.
 
 `load(config.data)` prepares the dataset once (TFDS `download_and_prepare`, in
-TFDS's `incomplete.*` directory, renamed only when everything succeeded) and
-then serves every split from the columnar `.npy` files written next to the
-array_record files:
+TFDS's `incomplete.*` directory, renamed only when everything succeeded; see
+`raw/builder.py`) and then serves every split from the columnar `.npy` files
+written next to the array_record files:
 
   placement='host'    the columns are read into host memory (`ArraySource`);
   placement='stream'  the columns stay memory-mapped: a batch reads only its
@@ -19,11 +19,11 @@ labels in range, at load or per streamed batch); a damaged file is a
 `PreparedDataError` that names it. Preparation
 runs in one process at a time per dataset folder; the others wait and use its
 result, and a rerun first deletes what a killed preparation left
-(`raw_common.PreparationLock`, `RawTableBuilder.download_and_prepare`).
+(`raw.lock.PreparationLock`, `RawTableBuilder.download_and_prepare`).
 `config.data.data_dir` "" means TFDS's default data dir (`$TFDS_DATA_DIR`,
 else ~/tensorflow_datasets).
 
-To prepare without training: `python -m m3oe_jax.data.tfds_loader
+To prepare without training: `python -m m3oe_jax.data.prepared
 --config=configs/kuairand.py` (`--verify` then also reads every prepared file
 in full and compares its CRC-32 with the one recorded at preparation).
 """
@@ -39,10 +39,15 @@ import ml_collections
 import numpy as np
 
 from m3oe_jax import paths
-from m3oe_jax.data import integrity
-from m3oe_jax.data import raw_common as rc
+from m3oe_jax.data import datasets, integrity
 from m3oe_jax.data.pipeline import SPLITS, ArraySource, Dataset
+from m3oe_jax.data.raw import builder as raw_builder
+from m3oe_jax.data.raw import prepare as raw_prepare
+from m3oe_jax.data.raw import settings
+from m3oe_jax.data.raw.sources import SourceOptions
+from m3oe_jax.data.raw.storage import COLUMNAR_DIR, PREPARED_SCHEMA_FILE, load_columnar
 from m3oe_jax.data.schema import BATCH_KEYS, FeatureSchema
+from m3oe_jax.errors import ConfigError
 
 log = logging.getLogger("m3oe_jax.data")
 
@@ -53,19 +58,16 @@ PLACEMENTS = ("auto", "host", "stream", "device")
 def data_dir_of(data_config) -> str:
   """Where prepared data lives: `config.data.data_dir`, or when that is unset or
   "", TFDS's default (`$TFDS_DATA_DIR`, else ~/tensorflow_datasets), read now."""
-  from tensorflow_datasets.core import constants  # pylint: disable=g-import-not-at-top
-  folder = _get(data_config, "data_dir", "") or constants.get_default_data_dir()
+  folder = _get(data_config, "data_dir", "") or raw_builder.default_data_dir()
   return folder if paths.is_url(folder) else os.path.abspath(os.path.expanduser(folder))
 
 
-def _modules(name: str):
-  if name == "kuairand":
-    from m3oe_jax.data import kuairand  # pylint: disable=g-import-not-at-top
-    return kuairand, kuairand.M3oeKuairand
-  if name == "movielens":
-    from m3oe_jax.data import movielens  # pylint: disable=g-import-not-at-top
-    return movielens, movielens.M3oeMovielens1m
-  raise ValueError(f"tfds_loader: unknown dataset {name!r}")
+def _dataset(name):
+  """The module of a dataset prepared from raw files (the registry's entry)."""
+  module = datasets.module(name)
+  if not datasets.prepared_from_raw(module):
+    raise ConfigError(f"config.data.name={name!r} is not prepared from raw files")
+  return module
 
 
 def _get(cfg: Mapping[str, Any] | ml_collections.ConfigDict, key: str, default=None):
@@ -91,7 +93,7 @@ def raw_source_fields(data_config) -> dict[str, str]:
                                                    "extracted_dir")}
   if fields["archive"] and fields["extracted_dir"]:
     if not is_bundled(fields["archive"]):
-      raise rc.ConfigError(
+      raise ConfigError(
           f"config.data.archive={fields['archive']!r} and config.data.extracted_dir="
           f"{fields['extracted_dir']!r} are both set; set the one not to read to ''")
     fields.update(archive="", archive_checksum="")
@@ -100,32 +102,44 @@ def raw_source_fields(data_config) -> dict[str, str]:
 
 def settings_from_config(data_config) -> dict[str, Any]:
   """The builder settings named in `data_config` (unset ones keep their default)."""
-  module, _ = _modules(data_config.name)
+  module = _dataset(data_config.name)
   fields = raw_source_fields(data_config)
-  settings = {}
+  chosen = {}
   for key in module.DEFAULT_SETTINGS:
     value = fields["archive_checksum"] if key == "checksum" else _get(data_config, key)
     if value is not None:
-      settings[key] = (value.to_dict() if isinstance(value, ml_collections.ConfigDict)
-                       else value)
-  return settings
+      chosen[key] = (value.to_dict() if isinstance(value, ml_collections.ConfigDict)
+                     else value)
+  return chosen
 
 
 def check_config(data_config) -> None:
   """Refuses, before anything is read or prepared, a placement or a preparation
   setting (the builder's `make_config`) the dataset cannot use."""
+  _placement(data_config)
+  _max_host_bytes(data_config)
+  settings.chunk_rows(_get(data_config, "chunk_rows", settings.DEFAULT_CHUNK_ROWS))
+  _dataset(data_config.name).make_config(**settings_from_config(data_config))
+
+
+def _placement(data_config) -> str:
+  """`config.data.placement`, refused unless one of PLACEMENTS."""
   placement = _get(data_config, "placement", "auto")
   if placement not in PLACEMENTS:
-    raise rc.ConfigError(f"config.data.placement={placement!r}; expected one of {PLACEMENTS}")
-  rc.config_int(_get(data_config, "max_host_bytes", 8 << 30), "max_host_bytes", 0, None,
-                "placement 'auto': larger splits stream from disk")
-  rc.config_int(_get(data_config, "chunk_rows", 1 << 20), "chunk_rows", 1, None,
-                "rows handled at once while preparing")
-  _modules(data_config.name)[0].make_config(**settings_from_config(data_config))
+    raise ConfigError(f"config.data.placement={placement!r}; expected one of {PLACEMENTS}")
+  return placement
+
+
+def _max_host_bytes(data_config) -> int:
+  """`config.data.max_host_bytes`: under 'auto', the largest split held in memory."""
+  return settings.config_int(_get(data_config, "max_host_bytes", 8 << 30), "max_host_bytes",
+                             0, None, "placement 'auto': larger splits stream from disk")
 
 
 def make_builder(data_config):
-  module, cls = _modules(data_config.name)
+  """The TFDS builder of `data_config`'s dataset and settings (nothing is read yet)."""
+  module = _dataset(data_config.name)
+  cls = module.BUILDER
   config = module.make_config(**settings_from_config(data_config))
   if any(c.name == config.name for c in cls.BUILDER_CONFIGS):
     config = config.name  # a named config (TFDS refuses an equal custom one)
@@ -135,7 +149,7 @@ def make_builder(data_config):
     log.warning("config.data.extracted_dir=%s replaces the bundled tiny archive %s "
                 "(the :tiny_offline variant's): preparing the files in that folder",
                 fields["extracted_dir"], data_config.archive)
-  options = rc.SourceOptions(
+  options = SourceOptions(
       archive=fields["archive"],
       checksum=fields["archive_checksum"],
       extracted_dir=fields["extracted_dir"],
@@ -143,35 +157,34 @@ def make_builder(data_config):
       download=bool(_get(data_config, "download", True)))
   return cls(config=config, data_dir=data_dir, source_options=options,
              scratch_dir=_get(data_config, "scratch_dir", "") or None,
-             chunk_rows=_get(data_config, "chunk_rows", 1 << 20))
+             chunk_rows=_get(data_config, "chunk_rows", settings.DEFAULT_CHUNK_ROWS))
 
 
 def is_prepared(builder) -> bool:
   path = os.fspath(builder.data_path)
   return (os.path.exists(os.path.join(path, integrity.DATASET_INFO))
-          and os.path.exists(os.path.join(path, rc.SCHEMA_FILE)))
+          and os.path.exists(os.path.join(path, PREPARED_SCHEMA_FILE)))
 
 
 def prepare(data_config):
   """Prepares the dataset if needed; returns the builder."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = make_builder(data_config)
   if not is_prepared(builder):
     folder = os.fspath(builder.data_path)
     # TFDS moves a preparation into its folder only once it is complete.
-    missing = [name for name in (integrity.DATASET_INFO, rc.SCHEMA_FILE)
+    missing = [name for name in (integrity.DATASET_INFO, PREPARED_SCHEMA_FILE)
                if os.path.isdir(folder) and not os.path.exists(os.path.join(folder, name))]
     if missing:
       raise integrity.damaged(os.path.join(folder, missing[0]), "missing", folder)
     manual = _get(data_config, "manual_dir", "")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=os.path.expanduser(manual) if manual else None))
+    raw_builder.download_and_prepare(
+        builder, os.path.expanduser(manual) if manual else None)
   return builder
 
 
 def read_schema(builder) -> FeatureSchema:
   folder = os.fspath(builder.data_path)
-  return integrity.read_schema(os.path.join(folder, rc.SCHEMA_FILE), folder)
+  return integrity.read_schema(os.path.join(folder, PREPARED_SCHEMA_FILE), folder)
 
 
 class MemmapSource:
@@ -181,7 +194,7 @@ class MemmapSource:
 
   def __init__(self, split_dir: str,
                check: Callable[[dict[str, np.ndarray], np.ndarray], None] | None = None):
-    self.columns = rc.load_columnar(split_dir, mmap=True)
+    self.columns = load_columnar(split_dir, mmap=True)
     self._check = check
 
   def __len__(self) -> int:
@@ -256,11 +269,9 @@ def load(data_config) -> Dataset:
     log.info("%s: prepared before file checksums were recorded: shapes, sizes and "
              "value ranges are checked, the files' contents beyond that are not (not "
              "even by --verify)", folder)
-  placement = _get(data_config, "placement", "auto")
-  if placement not in PLACEMENTS:
-    raise rc.ConfigError(f"config.data.placement={placement!r}; expected one of {PLACEMENTS}")
-  max_host = int(_get(data_config, "max_host_bytes", 8 << 30))
-  base = os.path.join(folder, rc.COLUMNAR_DIR)
+  placement = _placement(data_config)
+  max_host = _max_host_bytes(data_config)
+  base = os.path.join(folder, COLUMNAR_DIR)
   splits = {}
   for split in SPLITS:
     split_dir = os.path.join(base, split)
@@ -275,7 +286,7 @@ def load(data_config) -> Dataset:
       continue
     rows = src.get("num_rows", {}).get(split)
     if not isinstance(rows, int):
-      raise integrity.damaged(os.path.join(folder, rc.SCHEMA_FILE),
+      raise integrity.damaged(os.path.join(folder, PREPARED_SCHEMA_FILE),
                               f"no row count of split {split!r} (source.num_rows)", folder)
     integrity.check_split_files(split_dir, schema, rows, folder)
     mode = placement
@@ -285,7 +296,7 @@ def load(data_config) -> Dataset:
       splits[split] = MemmapSource(split_dir, functools.partial(
           _check_batch, schema=schema, where=where, folder=folder))
       continue
-    cols = rc.load_columnar(split_dir, mmap=mode == "device")
+    cols = load_columnar(split_dir, mmap=mode == "device")
     integrity.check_values(cols, schema, where, folder)
     splits[split] = ArraySource(cols) if mode == "host" else DeviceSource(cols)
   return Dataset(schema=schema, splits=splits)
@@ -303,9 +314,9 @@ def main(argv):
   builder = prepare(config.data)
   schema = read_schema(builder)
   print(f"prepared: {builder.data_path}")
-  print(rc.format_counts(schema))
+  print(raw_prepare.format_counts(schema))
   if "verify" in flags.FLAGS and flags.FLAGS.verify:
-    print(integrity.verify(os.fspath(builder.data_path), schema, SPLITS, rc.COLUMNAR_DIR))
+    print(integrity.verify(os.fspath(builder.data_path), schema, SPLITS, COLUMNAR_DIR))
 
 
 if __name__ == "__main__":

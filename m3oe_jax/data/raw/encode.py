@@ -1,0 +1,204 @@
+"""Raw values to model inputs: sparse values to ids, dense values to [0, 1].
+
+`StringCoder` gives string categories stable int64 codes while rows are read;
+`IdTable` holds a feature table's columns keyed by id.
+`collect_statistics` finds, in one pass over the spilled rows, each sparse
+feature's vocabulary (the values of the training rows, or of every split's rows
+under `vocabulary='all_rows'`), the training rows' dense minimum and maximum,
+and the rows and positives per (split, domain, task). `encode_splits` then
+writes every split's columnar files: value i of a vocabulary gets id i + 1, and
+id 0 is the out-of-vocabulary id of every sparse feature; `save_vocabularies`
+keeps the raw values behind the ids, for mapping new raw values later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from m3oe_jax.data.pipeline import SPLITS
+from m3oe_jax.data.raw import RawDataError
+from m3oe_jax.data.raw.storage import COLUMNAR_DIR, VOCAB_DIR, NpyWriter, row_slices
+
+OOV_ID = 0
+
+
+class StringCoder:
+  """Maps strings to stable int64 codes (order of first appearance)."""
+
+  def __init__(self):
+    self.codes: dict[str, int] = {}
+    self.strings: list[str] = []
+
+  def code(self, s: str) -> int:
+    c = self.codes.get(s)
+    if c is None:
+      c = self.codes[s] = len(self.strings)
+      self.strings.append(s)
+    return c
+
+  def encode(self, array: pa.Array | pa.ChunkedArray,
+             transform: Callable[[str], str] | None = None) -> np.ndarray:
+    """Codes of a string column; missing values become the string ''."""
+    if isinstance(array, pa.ChunkedArray):
+      array = array.combine_chunks()
+    array = array.fill_null("")
+    enc = array.dictionary_encode()
+    dictionary = enc.dictionary.to_pylist()
+    if transform is not None:
+      dictionary = [transform(s) for s in dictionary]
+    lookup = np.array([self.code(s) for s in dictionary], np.int64)
+    indices = enc.indices.to_numpy(zero_copy_only=False)
+    return lookup[indices] if len(lookup) else np.zeros(len(indices), np.int64)
+
+
+class IdTable:
+  """Columns of a table keyed by a unique id (e.g. a per-user feature file),
+  sorted by id for `lookup_rows`; a repeated id is refused naming its line."""
+
+  def __init__(self, ids: np.ndarray, codes: dict[str, np.ndarray],
+               dense: dict[str, np.ndarray], where: str, id_col: str,
+               lines: np.ndarray):
+    order = np.argsort(ids, kind="stable")
+    self.ids = ids[order]
+    dup = np.flatnonzero(self.ids[1:] == self.ids[:-1])
+    if len(dup):
+      i = order[dup[0] + 1]
+      raise RawDataError(f"{where}, line {int(lines[i])}, column {id_col!r}: "
+                         f"duplicate id {int(ids[i])}")
+    self.codes = {k: v[order] for k, v in codes.items()}
+    self.dense = {k: v[order] for k, v in dense.items()}
+
+
+def lookup_rows(keys_sorted: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Positions of `query` in the sorted unique `keys_sorted`, and which were found."""
+  if len(keys_sorted) == 0:
+    return np.zeros(len(query), np.int64), np.zeros(len(query), bool)
+  pos = np.minimum(np.searchsorted(keys_sorted, query), len(keys_sorted) - 1)
+  return pos, keys_sorted[pos] == query
+
+
+@dataclasses.dataclass
+class Statistics:
+  """What one pass over the spilled rows finds (`collect_statistics`)."""
+  rows: np.ndarray  # int64 [3, D]: rows per (split, domain)
+  positives: np.ndarray  # int64 [3, D, T]: positive labels per (split, domain, task)
+  dense_min: np.ndarray  # float64 [Q], over the training rows
+  dense_max: np.ndarray  # float64 [Q], over the training rows
+  vocabularies: list[np.ndarray]  # per sparse feature, its sorted raw codes
+
+  @property
+  def dense_span(self) -> np.ndarray:
+    return np.where(self.dense_max > self.dense_min, self.dense_max - self.dense_min, 1.0)
+
+
+def collect_statistics(rows: Mapping[str, Any], part: np.ndarray, num_domains: int,
+                       all_rows_vocabulary: bool, chunk: int) -> Statistics:
+  """Dense statistics from the training rows only; vocabularies from the
+  training rows, or from every split's rows when `all_rows_vocabulary`."""
+  S, Q, T = rows["sparse"].width, rows["dense"].width, rows["labels"].width
+  D = num_domains
+  uniques: list[list[np.ndarray]] = [[] for _ in range(S)]
+  dmin = np.full(Q, np.inf)
+  dmax = np.full(Q, -np.inf)
+  counts = np.zeros((3, D), np.int64)
+  positives = np.zeros((3, D, T), np.int64)
+  for s in row_slices(len(part), chunk):
+    p = part[s]
+    dom = np.asarray(rows["domain"][s])
+    lab = np.asarray(rows["labels"][s]).reshape(-1, T)
+    for k in range(3):
+      m = p == k
+      counts[k] += np.bincount(dom[m], minlength=D)
+      for t in range(T):
+        positives[k, :, t] += np.bincount(dom[m], weights=lab[m, t], minlength=D
+                                          ).astype(np.int64)
+    train = p == 0
+    if not train.any() and not all_rows_vocabulary:
+      continue
+    sp = np.asarray(rows["sparse"][s]).reshape(-1, S)
+    if not all_rows_vocabulary:
+      sp = sp[train]
+    for j in range(S):
+      uniques[j].append(np.unique(sp[:, j]))
+      if len(uniques[j]) > 16:
+        uniques[j] = [np.unique(np.concatenate(uniques[j]))]
+    if Q and train.any():
+      de = np.asarray(rows["dense"][s]).reshape(-1, Q)[train]
+      dmin = np.minimum(dmin, de.min(axis=0))
+      dmax = np.maximum(dmax, de.max(axis=0))
+  vocabs = [np.unique(np.concatenate(u)) if u else np.zeros(0, np.int64) for u in uniques]
+  return Statistics(rows=counts, positives=positives, dense_min=dmin, dense_max=dmax,
+                    vocabularies=vocabs)
+
+
+def encode_splits(rows: Mapping[str, Any], part: np.ndarray, sizes: Sequence[int],
+                  stats: Statistics, out_dir: str, chunk: int
+                  ) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
+  """Writes `out_dir/columnar/<split>/{sparse,dense,domain,labels}.npy`; returns
+  each file's size and CRC-32 by its path in the folder, and the rows with the
+  out-of-vocabulary id per (split, sparse feature)."""
+  S, Q, T = rows["sparse"].width, rows["dense"].width, rows["labels"].width
+  vocabs, dmin, span = stats.vocabularies, stats.dense_min, stats.dense_span
+  counts = [int(k) for k in sizes]
+  col_dir = os.path.join(out_dir, COLUMNAR_DIR)
+  outs = {}
+  for k, split in enumerate(SPLITS):
+    d = os.path.join(col_dir, split)
+    os.makedirs(d, exist_ok=True)
+    outs[split] = {
+        "sparse": NpyWriter(os.path.join(d, "sparse.npy"), np.int32, (counts[k], S)),
+        "dense": NpyWriter(os.path.join(d, "dense.npy"), np.float32, (counts[k], Q)),
+        "domain": NpyWriter(os.path.join(d, "domain.npy"), np.int32, (counts[k],)),
+        "labels": NpyWriter(os.path.join(d, "labels.npy"), np.float32, (counts[k], T)),
+    }
+  filled = [0, 0, 0]
+  oov = np.zeros((3, S), np.int64)
+  for s in row_slices(len(part), chunk):
+    p = part[s]
+    sp = np.asarray(rows["sparse"][s]).reshape(-1, S)
+    ids = np.empty(sp.shape, np.int32)
+    for j in range(S):
+      pos, found = lookup_rows(vocabs[j], sp[:, j])
+      ids[:, j] = np.where(found, pos + 1, OOV_ID)
+    de = ((np.asarray(rows["dense"][s]).reshape(-1, Q) - dmin) / span
+          ).astype(np.float32) if Q else np.zeros((len(p), 0), np.float32)
+    dom = np.asarray(rows["domain"][s])
+    lab = np.asarray(rows["labels"][s]).reshape(-1, T).astype(np.float32)
+    for k, split in enumerate(SPLITS):
+      m = p == k
+      c = int(np.count_nonzero(m))
+      if not c:
+        continue
+      o = outs[split]
+      o["sparse"].append(ids[m])
+      o["dense"].append(de[m])
+      o["domain"].append(dom[m])
+      o["labels"].append(lab[m])
+      oov[k] += np.count_nonzero(ids[m] == OOV_ID, axis=0)
+      filled[k] += c
+  files = {}
+  for split in SPLITS:
+    for key, w in outs[split].items():
+      w.close()
+      files[f"{COLUMNAR_DIR}/{split}/{key}.npy"] = w.record()
+  assert filled == counts, (filled, counts)
+  return files, oov
+
+
+def save_vocabularies(out_dir: str, features: Sequence[Any],
+                      coders: Mapping[str, StringCoder], vocabs: Sequence[np.ndarray]) -> None:
+  """Writes `out_dir/vocab/<feature>.npy`: the raw values (strings for string
+  features) whose ids are 1, 2, ..."""
+  vdir = os.path.join(out_dir, VOCAB_DIR)
+  os.makedirs(vdir, exist_ok=True)
+  for f, v in zip(features, vocabs):
+    if f.kind == "str":
+      strings = coders[f.name].strings
+      np.save(os.path.join(vdir, f.name + ".npy"), np.array([strings[i] for i in v]))
+    else:
+      np.save(os.path.join(vdir, f.name + ".npy"), v)
