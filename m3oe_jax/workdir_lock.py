@@ -1,20 +1,17 @@
 """One writer per workdir: an exclusive lock held by the job that trains in it.
 
-The lock is `fcntl.flock` on `<workdir>/lock`, taken by process 0 of the job
-(the others learn the outcome from it), so the kernel releases it whenever the
-holder dies, however it dies: a lock left by a killed trainer never blocks the
-rerun. The file records the holder (host, pid, start time, command) for the
-message a second trainer gets. `flock` works on local disks and on NFS (Linux
-emulates it with POSIX locks there); object stores such as gs:// have no locks,
-and a workdir there is used without one (a warning says so).
+The lock is a `file_lock.FileLock` on `<workdir>/lock` (the same lock the data
+preparation takes on its folder), taken by process 0 of the job (the others
+learn the outcome from it). The kernel releases it whenever the holder dies,
+however it dies, so a lock left by a killed trainer never blocks the rerun; the
+file records the holder (host, pid, start time, command) for the message a
+second trainer gets. Object stores such as gs:// have no locks, and a workdir
+there is used without one (a warning says so).
 """
 
 from __future__ import annotations
 
 import datetime
-import errno
-import fcntl
-import json
 import os
 import socket
 import sys
@@ -26,7 +23,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from m3oe_jax import paths
+from m3oe_jax import file_lock, paths
 from m3oe_jax.errors import WorkdirError
 
 LOCK_FILE = "lock"
@@ -43,7 +40,7 @@ class WorkdirLock:
   def __init__(self, workdir: epath.Path, in_use: Callable[[], bool] | None = None):
     self.workdir = paths.resolve(workdir)
     self.path = self.workdir / LOCK_FILE
-    self._fd = None
+    self._lock = None
     self._in_use = in_use
     self._created = False
 
@@ -82,34 +79,18 @@ class WorkdirLock:
     except OSError as e:
       raise WorkdirError(f"--workdir={self.workdir} cannot be created ({e.strerror or e}); "
                          "choose a writable --workdir") from None
+    lock = file_lock.FileLock(os.fspath(self.path))
     try:
-      self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-      raise WorkdirError(f"--workdir={self.workdir} is not writable ({e.strerror}: "
-                         f"{self.path}); choose a writable --workdir") from None
-    try:
-      fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-        raise
-      holder = self._holder()
-      os.close(self._fd)
-      self._fd = None
+      lock.acquire(_holder_record, timeout_s=0)
+    except file_lock.LockHeldError as e:
       raise WorkdirError(
-          f"--workdir={self.workdir} is in use by another trainer ({holder}; lock file "
-          f"{self.path}). Wait for it to finish or stop it, or use another --workdir."
-      ) from None
-    record = {"host": socket.gethostname(), "pid": os.getpid(),
-              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                  timespec="seconds"),
-              "command": " ".join(sys.argv)}
-    try:
-      os.ftruncate(self._fd, 0)
-      os.pwrite(self._fd, (json.dumps(record) + "\n").encode(), 0)
-      os.fsync(self._fd)
+          f"--workdir={self.workdir} is in use by another trainer ({_describe(e.holder)}; "
+          f"lock file {self.path}). Wait for it to finish or stop it, or use another "
+          "--workdir.") from None
     except OSError as e:
       raise WorkdirError(f"--workdir={self.workdir} is not writable ({e.strerror}: "
                          f"{self.path}); choose a writable --workdir") from None
+    self._lock = lock
     self._check_writable()
 
   def _acquire_url(self) -> None:
@@ -136,21 +117,22 @@ class WorkdirLock:
       raise WorkdirError(f"--workdir={self.workdir} is not writable ({e.strerror or e}: "
                          f"{probe}); choose a writable --workdir") from None
 
-  def _holder(self) -> str:
-    try:
-      record = json.loads(os.pread(self._fd, 4096, 0).decode() or "{}")
-    except (OSError, ValueError):
-      record = {}
-    if not record:
-      return "holder unknown"
-    return (f"host {record.get('host')}, pid {record.get('pid')}, started "
-            f"{record.get('started')}: {record.get('command', '')}")
-
   def _release(self) -> None:
-    if self._fd is not None:
-      try:
-        os.ftruncate(self._fd, 0)
-      except OSError:
-        pass
-      os.close(self._fd)  # closing releases the flock
-      self._fd = None
+    if self._lock is not None:
+      self._lock.release()  # clears the record; closing the file drops the flock
+      self._lock = None
+
+
+def _holder_record() -> dict:
+  """What a second trainer is told about this one."""
+  return {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
+              timespec="seconds"),
+          "command": " ".join(sys.argv)}
+
+
+def _describe(holder: dict | None) -> str:
+  if not holder:
+    return "holder unknown"
+  return (f"host {holder.get('host')}, pid {holder.get('pid')}, started "
+          f"{holder.get('started')}: {holder.get('command', '')}")
