@@ -8,10 +8,10 @@ import pytest
 
 from m3oe_jax.models import build_model, export_weights
 from m3oe_jax.models.ple import PLE
-from tests.models.test_mmoe import (KUAIRAND, MOVIELENS, build, check_output_bias_moves_only_its_head,
-                                    check_padding_and_eval_mode, check_rejected,
-                                    count_without_embeddings, jitted, model_config,
-                                    random_batch, schema, shapes)
+from tests.models.helpers import (KUAIRAND, MOVIELENS, build, check_output_bias_moves_only_its_head,
+                                  check_padding_and_eval_mode, check_rejected,
+                                  count_without_embeddings, jitted, model_config,
+                                  random_batch, schema, shapes)
 
 
 @functools.cache
@@ -24,7 +24,7 @@ def test_parameter_names_and_shapes():
   params, stats = shapes("ple")
   f, d, t, m, x, y = 4 * 4 + 1, 3, 2, 2, 16, 8
   block = lambda shape_in, out, lead: {"kernel": lead + (shape_in, out), "bias": lead + (out,),
-                                       "bn_scale": lead + (out,), "bn_bias": lead + (out,)}
+                                     "bn_scale": lead + (out,), "bn_bias": lead + (out,)}
   expected = {}
   for scope, shape in [("specific_experts", block(f, x, (d, t, m))),
                        ("shared_experts", block(f, x, (1,))),
@@ -37,7 +37,7 @@ def test_parameter_names_and_shapes():
   assert stats == {f"{scope}/{k}": shape[:-2] + shape[-1:]
                    for scope in ("specific_experts", "shared_experts", "gates", "towers/hidden")
                    for k, shape in [("bn_mean", expected[f"{scope}/kernel"]),
-                                    ("bn_var", expected[f"{scope}/kernel"])]}
+                                  ("bn_var", expected[f"{scope}/kernel"])]}
 
 
 def test_several_levels_and_layers_are_named_per_level_and_layer():

@@ -8,10 +8,10 @@ import pytest
 
 from m3oe_jax.models import build_model, export_weights
 from m3oe_jax.models.shared_bottom import SharedBottom
-from tests.models.test_mmoe import (KUAIRAND, MOVIELENS, build, check_output_bias_moves_only_its_head,
-                                    check_padding_and_eval_mode, check_rejected,
-                                    count_without_embeddings, jitted, model_config,
-                                    random_batch, schema, shapes)
+from tests.models.helpers import (KUAIRAND, MOVIELENS, build, check_output_bias_moves_only_its_head,
+                                  check_padding_and_eval_mode, check_rejected,
+                                  count_without_embeddings, jitted, model_config,
+                                  random_batch, schema, shapes)
 
 
 @functools.cache
