@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any
 
 import jax
 import ml_collections
@@ -29,7 +28,7 @@ from jax.experimental import multihost_utils
 from m3oe_jax import paths
 from m3oe_jax.data.schema import FeatureSchema
 from m3oe_jax.errors import DiskFullError, MissingCheckpointError, WorkdirError
-from m3oe_jax.run_identity import ADDED_FIELDS, resumable
+from m3oe_jax.run_identity import ADDED_FIELDS, flatten, resumable
 
 # Under checkpoints/: checkpoints that failed to restore, moved aside for inspection.
 DAMAGED = "damaged"
@@ -73,18 +72,9 @@ class Progress:
           "of the run that wrote it. Use a new --workdir, or the original data and config.")
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(d, dict):
-    out = {}
-    for k, v in d.items():
-      out.update(_flatten(v, f"{prefix}{k}."))
-    return out
-  return {prefix[:-1]: d}
-
-
 def config_differences(saved: dict, current: dict) -> list[str]:
   """Fields that differ between two configs and may not change on resumption."""
-  a, b = {**ADDED_FIELDS, **_flatten(saved)}, {**ADDED_FIELDS, **_flatten(current)}
+  a, b = {**ADDED_FIELDS, **flatten(saved)}, {**ADDED_FIELDS, **flatten(current)}
   model_names = {saved.get("model", {}).get("name"), current.get("model", {}).get("name")}
   diffs = []
   for key in sorted(set(a) | set(b)):

@@ -52,6 +52,21 @@ def apply_override(config: ml_collections.ConfigDict, field: str, value) -> None
     node[last] = value
 
 
+def add_raw_source(data: ml_collections.ConfigDict) -> None:
+  """The fields of a dataset prepared from raw files: where prepared data lives
+  ("": TFDS's default, $TFDS_DATA_DIR if set, else ~/tensorflow_datasets), and
+  where the raw data comes from: an archive path, else TFDS's manual_dir (default
+  <data_dir>/downloads/manual) holding the archive or its extracted folder, else
+  a download. `extracted_dir` reads extracted files as they are (no checksum);
+  `archive_checksum` "" means the official one."""
+  data.data_dir = ""
+  data.archive = ""
+  data.archive_checksum = ""
+  data.manual_dir = ""
+  data.extracted_dir = ""
+  data.download = True
+
+
 def add_paper_training(config: ml_collections.ConfigDict,
                        model: str = "m3oe") -> ml_collections.ConfigDict:
   """Adds the model, optimizer, training, variant and mesh sections.

@@ -62,7 +62,8 @@ import pathlib
 
 import ml_collections
 
-from m3oe_jax.config_utils import add_paper_training, parse_arg, shrink_to_tiny, with_tuples
+from m3oe_jax.config_utils import (add_paper_training, add_raw_source, parse_arg,
+                                   shrink_to_tiny, with_tuples)
 
 TESTDATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "testdata"
 TINY_ARCHIVE = TESTDATA / "KuaiRand-Pure-tiny.tar.gz"
@@ -100,18 +101,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.name = "kuairand"
   config.data.size = "pure"  # TFDS builder config: pure | 1k | 27k
-  # Where prepared data lives; "": TFDS's default ($TFDS_DATA_DIR if set, else
-  # ~/tensorflow_datasets).
-  config.data.data_dir = ""
-  # Raw data: an archive path, else TFDS manual_dir (default
-  # <data_dir>/downloads/manual) holding the archive or its extracted folder,
-  # else a download. `extracted_dir` reads extracted files as they are
-  # (no checksum). `archive_checksum` "" means the official one.
-  config.data.archive = ""
-  config.data.archive_checksum = ""
-  config.data.manual_dir = ""
-  config.data.extracted_dir = ""
-  config.data.download = True
+  add_raw_source(config.data)
   config.data.logs = ["standard_4_08_to_4_21", "standard_4_22_to_5_08",
                       "random_4_22_to_5_08"]
   config.data.tabs = PAPER_TABS  # domain 0, 1, 2; []: the `num_auto_tabs` most

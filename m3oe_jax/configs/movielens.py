@@ -36,7 +36,8 @@ import pathlib
 
 import ml_collections
 
-from m3oe_jax.config_utils import add_paper_training, parse_arg, shrink_to_tiny, with_tuples
+from m3oe_jax.config_utils import (add_paper_training, add_raw_source, parse_arg,
+                                   shrink_to_tiny, with_tuples)
 
 TESTDATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "testdata"
 TINY_ARCHIVE = TESTDATA / "ml-1m-tiny.zip"
@@ -57,18 +58,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.name = "movielens"
   config.data.size = "1m"
-  # Where prepared data lives; "": TFDS's default ($TFDS_DATA_DIR if set, else
-  # ~/tensorflow_datasets).
-  config.data.data_dir = ""
-  # Raw data: an archive path, else TFDS manual_dir (default
-  # <data_dir>/downloads/manual) holding ml-1m.zip or its extracted ml-1m/
-  # folder, else a download. `extracted_dir` reads extracted files as they are
-  # (no checksum). `archive_checksum` "" means the official one.
-  config.data.archive = ""
-  config.data.archive_checksum = ""
-  config.data.manual_dir = ""
-  config.data.extracted_dir = ""
-  config.data.download = True
+  add_raw_source(config.data)
   config.data.age_groups = [[1, 18], [25], [35, 45, 50, 56]]  # one domain per group
   config.data.tasks = ["click", "like"]
   config.data.task_thresholds = [3, 4]  # label = rating > threshold

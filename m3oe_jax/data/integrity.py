@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from m3oe_jax.data.raw.storage import read_npy_header
 from m3oe_jax.data.schema import BATCH_KEYS, FeatureSchema
 from m3oe_jax.errors import UserError
 
@@ -80,12 +81,7 @@ def check_npy(path: str, dtype: np.dtype, shape: tuple, folder: str) -> None:
   """Refuses a missing `.npy` file, an unreadable header, another dtype or shape,
   or a size that is not the header plus the array."""
   try:
-    with open(path, "rb") as f:
-      version = np.lib.format.read_magic(f)
-      read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                     else np.lib.format.read_array_header_2_0)
-      got_shape, fortran, got_dtype = read_header(f)
-      offset = f.tell()
+    got_shape, fortran, got_dtype, offset = read_npy_header(path)
   except FileNotFoundError:
     raise damaged(path, "missing", folder) from None
   except (OSError, ValueError, SyntaxError) as e:

@@ -110,14 +110,19 @@ class FlatColumn:
     return out
 
 
-def npy_column(path: str) -> FlatColumn:
-  """A `.npy` file as a FlatColumn (2-D arrays keep their width)."""
+def read_npy_header(path: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+  """(shape, Fortran order, dtype, offset of the data) of a `.npy` file."""
   with open(path, "rb") as f:
     version = np.lib.format.read_magic(f)
     read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                    else np.lib.format.read_array_header_2_0)
     shape, fortran, dtype = read_header(f)
-    offset = f.tell()
+    return shape, fortran, dtype, f.tell()
+
+
+def npy_column(path: str) -> FlatColumn:
+  """A `.npy` file as a FlatColumn (2-D arrays keep their width)."""
+  shape, fortran, dtype, offset = read_npy_header(path)
   assert not fortran
   width = shape[1] if len(shape) == 2 else 1
   return FlatColumn(path, dtype, width, shape[0], offset, two_d=len(shape) == 2)
