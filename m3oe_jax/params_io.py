@@ -17,7 +17,7 @@ from etils import epath
 
 from m3oe_jax import paths
 from m3oe_jax.data.schema import FeatureSchema
-from m3oe_jax.errors import MissingCheckpointError, WorkdirError
+from m3oe_jax.errors import ConfigError, MissingCheckpointError, WorkdirError
 
 
 # Compressed bytes fetched per read while streaming a chunk into its array.
@@ -184,6 +184,8 @@ def read_newest(workdir: str | epath.PathLike, which: str, read, attempts: int =
     step = kept[-1]
     try:
       return step, read(step)
+    except ConfigError:
+      raise  # the reader's own settings, whatever the trainer does
     except Exception:  # pylint: disable=broad-except
       if saved_steps(workdir, which) == kept:
         raise

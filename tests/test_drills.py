@@ -217,6 +217,21 @@ def test_a_step_that_fails_to_read_while_it_exists_is_damage_not_a_race(tmp_path
     params_io.read_newest(tmp_path / "none", "latest", read)
 
 
+def test_a_readers_own_mistake_is_not_retried_while_the_trainer_saves(tmp_path):
+  folder = tmp_path / "checkpoints" / "latest"
+  (folder / "6").mkdir(parents=True)
+  reads = []
+
+  def read(step):
+    reads.append(step)
+    (folder / str(step + 2)).mkdir()  # the trainer saves meanwhile
+    raise ConfigError("--split='tset': the data has splits ['test', 'train', 'validation']")
+
+  with pytest.raises(ConfigError, match="--split"):
+    params_io.read_newest(tmp_path, "latest", read)
+  assert reads == [6]
+
+
 # 8. Refused runs leave nothing behind; messages say what was saved.
 
 def test_a_refused_run_leaves_no_workdir_behind(tmp_path):
