@@ -172,3 +172,11 @@ def test_layout_names_only_files_that_exist():
     elif re.fullmatch(r"[\w.-]+\.(py|sh|sbatch|ipynb)", name) and name not in existing:
       stale.append(name)
   assert not stale, f"docs/layout.md names files that do not exist: {stale}"
+
+
+def test_install_lines_use_the_pinned_jax():
+  pinned = re.search(r"^jax==(\S+)", (ROOT / "requirements.txt").read_text(), re.M).group(1)
+  pages = [README, *sorted(DOCS.glob("*.md"))]
+  named = {(page.name, version) for page in pages
+           for version in re.findall(r"jax\[\w+\]==([\w.]+)", page.read_text(encoding="utf-8"))}
+  assert named and all(version == pinned for _, version in named), (pinned, named)
