@@ -132,8 +132,8 @@ def _unknown_override(argv) -> str | None:
       continue
     name, path = arg.split(".", 1)
     try:
-      path, _, config_arg = values[name].partition(":")
-      node = load_config_file(path, config_arg or None)
+      file, _, config_arg = values[name].partition(":")
+      node = load_config_file(file, config_arg or None)
     except OSError as e:
       return _cannot_load(name, str(e))
     except Exception:  # pylint: disable=broad-except
