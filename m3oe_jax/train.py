@@ -171,7 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
 
 
 def _disk_full(error: OSError, workdir: epath.Path) -> DiskFullError:
-  where = "a device this run writes to"
+  where = (f"a device this run writes to (the workdir's has "
+           f"{paths.mib(paths.free_bytes(workdir))} free)")
   if error.filename:
     free = paths.free_bytes(paths.resolve(os.path.dirname(error.filename)))
     where = f"the device of {error.filename} ({paths.mib(free)} free)"
