@@ -21,7 +21,8 @@ RESUMABLE_CHANGES = ("num_epochs", "patience", "log_every_steps", "checkpoint_ev
                      "prefetch_batches", "compilation_cache_dir", "async_checkpointing")
 # Fields added to the config since checkpoints were first written, and the value a
 # checkpoint without them was trained with.
-ADDED_FIELDS = {"model.dtype": "float32"}
+ADDED_FIELDS = {"model.dtype": "float32", "optimizer.task_weights": [],
+                "optimizer.task_weighting": "fixed"}
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
