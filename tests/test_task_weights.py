@@ -1,11 +1,14 @@
 """Task-loss weights: fixed per task, or learned (uncertainty weighting)."""
 
+import copy
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from m3oe_jax import losses, optim, sharding, step, train
+from m3oe_jax import checkpoint, losses, optim, run_identity, sharding, step, train
 from m3oe_jax.data import load_dataset
 from m3oe_jax.errors import ConfigError
 from m3oe_jax.trainer import Trainer
@@ -111,3 +114,15 @@ def test_bad_values_are_refused_naming_the_field(field, value):
 def test_weights_not_one_per_task_are_refused_by_the_trainer():
   with pytest.raises(ConfigError, match=r"optimizer\.task_weights.*3 weights.*2 tasks"):
     _trainer(**{"optimizer.task_weights": (1.0, 1.0, 1.0)})
+
+
+def test_the_default_weighting_keeps_the_config_hash_of_runs_written_before_it():
+  config = json.loads(tiny_train_config().to_json_best_effort())
+  before = copy.deepcopy(config)
+  del before["optimizer"]["task_weights"], before["optimizer"]["task_weighting"]
+  assert run_identity.config_hash(config) == run_identity.config_hash(before)
+  assert checkpoint.config_differences(before, config) == []
+  config["optimizer"]["task_weighting"] = "uncertainty"
+  assert run_identity.config_hash(config) != run_identity.config_hash(before)
+  assert checkpoint.config_differences(before, config) == [
+      "optimizer.task_weighting: checkpoint has 'fixed', config has 'uncertainty'"]
