@@ -2,17 +2,20 @@
 
 import copy
 import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from m3oe_jax import checkpoint, losses, optim, run_identity, sharding, step, train
+from m3oe_jax import (checkpoint, losses, optim, params_io, run_identity, sharding, step,
+                      train)
 from m3oe_jax.data import load_dataset
 from m3oe_jax.errors import ConfigError
 from m3oe_jax.trainer import Trainer
-from tests.helpers import batch_of, tiny_model_and_params, tiny_train_config
+from tests.helpers import REPO, batch_of, cpu_env, tiny_model_and_params, tiny_train_config
 
 
 def _inputs(seed=0, rows=12):
@@ -77,8 +80,9 @@ def _trainer(**overrides):
                  sharding.make_mesh(config.mesh, jax.devices()[:1]))
 
 
-def test_log_variances_are_model_weights_moved_by_the_model_step_only():
-  trainer = _trainer()
+@pytest.mark.parametrize("model", ["m3oe", "mmoe"])
+def test_log_variances_are_model_weights_moved_by_the_model_step_only(model):
+  trainer = _trainer(**{"model.name": model})
   state = trainer.initial_state(0)
   assert np.all(np.asarray(state.params[losses.WEIGHTING_SCOPE]["log_var"]) == 0)
   assert "task_weighting" not in state.variables()["params"]
@@ -98,6 +102,31 @@ def test_an_uncertainty_run_trains_and_resumes_as_an_uninterrupted_one(tmp_path)
   train.train_and_evaluate(first, str(tmp_path / "resumed"))
   resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert resumed["test"] == whole["test"]
+  variables, _, _ = params_io.load_params(str(tmp_path / "resumed"))
+  assert losses.WEIGHTING_SCOPE not in variables["params"]
+
+
+_SHARDED = """
+import jax, numpy as np
+from m3oe_jax import losses, sharding
+from m3oe_jax.data import load_dataset
+from m3oe_jax.trainer import Trainer
+from tests.helpers import tiny_train_config
+config = tiny_train_config(**{"mesh.data": 1, "mesh.model": 2, "mesh.embedding_axis": "model",
+                              "optimizer.task_weighting": "uncertainty"})
+trainer = Trainer(config, load_dataset(config.data), sharding.make_mesh(config.mesh))
+state, _ = trainer.model_step(trainer.initial_state(0), trainer.train_batch(0))
+log_var = state.params[losses.WEIGHTING_SCOPE]["log_var"]
+assert log_var.sharding.is_fully_replicated, log_var.sharding
+assert np.all(np.asarray(log_var) != 0)
+print("ok")
+"""
+
+
+def test_log_variances_are_replicated_on_a_sharded_mesh():
+  out = subprocess.run([sys.executable, "-c", _SHARDED], cwd=REPO, env=cpu_env(2),
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
 @pytest.mark.parametrize("field, value", [
