@@ -139,6 +139,17 @@ class Trainer(Evaluator):
     params = {**variables["params"], losses.WEIGHTING_SCOPE: {"log_var": log_var}}
     return {**variables, "params": params}
 
+  def task_weight_scalars(self, state) -> dict[str, float]:
+    """{'task_weight/<task>': the weight of that task's loss now}: w_t, times
+    exp(-s_t) for task weighting 'uncertainty'; {} for the default weighting."""
+    if self.task_weighting != "uncertainty" and not self.task_weights:
+      return {}
+    weights = np.asarray(self.task_weights or (1.0,) * self.schema.num_tasks, np.float32)
+    if self.task_weighting == "uncertainty":
+      log_var = state.params[losses.WEIGHTING_SCOPE]["log_var"]
+      weights = weights * np.exp(-np.asarray(jax.device_get(log_var)))
+    return {f"task_weight/{task}": float(w) for task, w in zip(self.schema.task_names, weights)}
+
   def _check_memory_budget(self, budget: int) -> None:
     """Logs the per-device footprint; refuses a step that needs more than `budget`
     bytes of one device (0: no budget), before any array is allocated."""

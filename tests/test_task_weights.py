@@ -86,6 +86,7 @@ def test_log_variances_are_model_weights_moved_by_the_model_step_only(model):
   state = trainer.initial_state(0)
   assert np.all(np.asarray(state.params[losses.WEIGHTING_SCOPE]["log_var"]) == 0)
   assert "task_weighting" not in state.variables()["params"]
+  initial = trainer.task_weight_scalars(state)
   labels = optim.param_groups(state.params)
   assert labels[losses.WEIGHTING_SCOPE]["log_var"] == "model"
   after_arch, _ = trainer.arch_step(state, trainer.arch_batch(0))
@@ -93,6 +94,10 @@ def test_log_variances_are_model_weights_moved_by_the_model_step_only(model):
   assert np.all(log_var == 0)
   after_model, _ = trainer.model_step(after_arch, trainer.train_batch(0))
   assert np.all(np.asarray(after_model.params[losses.WEIGHTING_SCOPE]["log_var"]) != 0)
+  scalars = trainer.task_weight_scalars(after_model)
+  assert sorted(scalars) == [f"task_weight/{t}" for t in sorted(trainer.schema.task_names)]
+  assert all(w != 1 for w in scalars.values())
+  assert initial == {k: 1.0 for k in scalars}
 
 
 def test_an_uncertainty_run_trains_and_resumes_as_an_uninterrupted_one(tmp_path):
