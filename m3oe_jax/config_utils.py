@@ -96,6 +96,9 @@ def add_paper_training(config: ml_collections.ConfigDict,
   config.optimizer.train_loss = "mdmt"  # mdmt | mean | reference (mdmt iff 3 domains x 2 tasks)
   config.optimizer.arch_loss = "mean"
   config.optimizer.arch_every_steps = 50  # darts only
+  # Per-task loss weights (() for all 1); "uncertainty" learns one log-variance per task.
+  config.optimizer.task_weights = ()
+  config.optimizer.task_weighting = "fixed"  # fixed | uncertainty
 
   config.batch_size = 40960
   config.eval_batch_size = 40960

@@ -29,6 +29,7 @@ and `apply_updates` leaves its parameters untouched bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import ml_collections
@@ -63,7 +64,8 @@ class Optimizers:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Refuses, before any data is prepared, a `config.optimizer` that cannot
   train: an unknown schedule or loss, a learning rate that is not > 0, a
-  negative weight decay, a StepLR outside its range."""
+  negative weight decay, a StepLR outside its range, task weights that are not
+  finite numbers >= 0 with one > 0 or an unknown task weighting."""
   if config.schedule not in SCHEDULES:
     raise ConfigError(f"config.optimizer.schedule={config.schedule!r}; "
                       f"expected one of {SCHEDULES}")
@@ -81,11 +83,31 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       f"(0: a constant learning rate), got {every!r}")
   if not is_number(factor) or not 0 < factor <= 1:
     raise ConfigError(f"config.optimizer.lr_decay_factor must be in (0, 1], got {factor!r}")
+  check_task_weights(config)
   if config.schedule == "darts":
     arch_every = config.get("arch_every_steps", 1)
     if not is_whole(arch_every) or arch_every < 1:
       raise ConfigError("config.optimizer.arch_every_steps must be >= 1 for schedule "
                         f"'darts', got {arch_every!r}")
+
+
+def check_task_weights(config: ml_collections.ConfigDict, num_tasks: int | None = None) -> None:
+  """Refuses `config.optimizer.task_weights` / `task_weighting` that cannot be used;
+  with `num_tasks`, task weights that are not one per task."""
+  weighting = config.get("task_weighting", "fixed")
+  if not isinstance(weighting, str) or weighting not in losses.WEIGHTINGS:
+    raise ConfigError(f"config.optimizer.task_weighting={weighting!r}; expected one of "
+                      f"{losses.WEIGHTINGS}")
+  weights = config.get("task_weights", ())
+  if not isinstance(weights, (tuple, list)) or not all(
+      is_number(w) and math.isfinite(w) and w >= 0 for w in weights):
+    raise ConfigError("config.optimizer.task_weights must be finite numbers >= 0, one per "
+                      f"task (() for all 1), got {weights!r}")
+  if weights and not any(w > 0 for w in weights):
+    raise ConfigError(f"config.optimizer.task_weights are all 0: {weights!r}")
+  if num_tasks is not None and weights and len(weights) != num_tasks:
+    raise ConfigError(f"config.optimizer.task_weights has {len(weights)} weights, but the "
+                      f"data has {num_tasks} tasks")
 
 
 def effective_schedule(config: ml_collections.ConfigDict, params) -> str:

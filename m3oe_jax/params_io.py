@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import zstandard
 from etils import epath
 
-from m3oe_jax import paths
+from m3oe_jax import losses, paths
 from m3oe_jax.data.schema import FeatureSchema
 from m3oe_jax.errors import ConfigError, MissingCheckpointError, WorkdirError
 
@@ -230,5 +230,6 @@ def _load_with(mngr, root: epath.Path, which: str, step: int, shardings):
         meta=ocp.args.JsonRestore()))
     state, meta = restored["state"], restored["meta"]
   config = ml_collections.ConfigDict(meta["config"])
-  variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+  variables = {"params": losses.model_params(state["params"]),
+               "batch_stats": state.get("batch_stats", {})}
   return variables, FeatureSchema.from_dict(meta["schema"]), config

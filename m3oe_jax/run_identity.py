@@ -21,7 +21,11 @@ RESUMABLE_CHANGES = ("num_epochs", "patience", "log_every_steps", "checkpoint_ev
                      "prefetch_batches", "compilation_cache_dir", "async_checkpointing")
 # Fields added to the config since checkpoints were first written, and the value a
 # checkpoint without them was trained with.
-ADDED_FIELDS = {"model.dtype": "float32"}
+ADDED_FIELDS = {"model.dtype": "float32", "optimizer.task_weights": [],
+                "optimizer.task_weighting": "fixed"}
+# Added fields left out of the hash at their ADDED_FIELDS value, so the runs written
+# before them keep their hashes.
+HASHED_IF_SET = ("optimizer.task_weights", "optimizer.task_weighting")
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -57,6 +61,8 @@ def identity(config: dict) -> dict[str, Any]:
     if (len(parts) > 2 and parts[0] == "model" and parts[1] != model.get("name")
         and isinstance(model.get(parts[1]), dict)):
       continue  # the options of a model this run does not use
+    if key in HASHED_IF_SET and _plain(value) == _plain(ADDED_FIELDS[key]):
+      continue
     if not resumable(key):
       out[key] = _plain(value)
   return out

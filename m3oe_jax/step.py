@@ -22,10 +22,13 @@ class TrainState:
   arch_opt_state: optax.OptState
 
   def variables(self) -> dict:
-    return {"params": self.params, "batch_stats": self.batch_stats}
+    """The model's variables (without the task weighting's parameters)."""
+    return {"params": losses.model_params(self.params), "batch_stats": self.batch_stats}
 
 
 def create_train_state(variables: dict, optimizers: Optimizers) -> TrainState:
+  """The state at step 0; `variables['params']` may hold the task weighting's entry
+  (`losses.WEIGHTING_SCOPE`), trained with the model weights."""
   params = variables["params"]
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -44,15 +47,17 @@ def train_forward(model, variables: dict, batch) -> tuple[jax.Array, Any]:
 
 def _make_update_step(model, tx: optax.GradientTransformation, trains: frozenset,
                       labels, opt_state_field: str, loss_name: str, num_domains: int,
-                      metric_name: str, counts_as_step: bool) -> Callable:
+                      metric_name: str, counts_as_step: bool, task_weights=(),
+                      task_weighting: str = "fixed") -> Callable:
   """(state, batch) -> (state, metrics): one update of `tx`, whose optimizer state is
   `state.<opt_state_field>`; only the groups in `trains` move."""
-  loss_fn = losses.get_loss(loss_name)
+  loss_fn = losses.weighted_loss(loss_name, task_weights, task_weighting)
 
   def loss_of(params, batch_stats, batch):
-    logits, new_stats = train_forward(model, {"params": params, "batch_stats": batch_stats},
-                                      batch)
-    loss = loss_fn(logits, batch["labels"], batch["domain"], batch["mask"], num_domains)
+    variables = {"params": losses.model_params(params), "batch_stats": batch_stats}
+    logits, new_stats = train_forward(model, variables, batch)
+    loss = loss_fn(params, logits, batch["labels"], batch["domain"], batch["mask"],
+                   num_domains)
     return loss, new_stats
 
   def update_step(state: TrainState, batch):
@@ -69,20 +74,22 @@ def _make_update_step(model, tx: optax.GradientTransformation, trains: frozenset
   return update_step
 
 
-def make_model_step(model, optimizers: Optimizers, loss_name: str,
-                    num_domains: int) -> Callable:
-  """(state, batch) -> (state, {'loss'}): one update of `model_tx`; counts a step."""
+def make_model_step(model, optimizers: Optimizers, loss_name: str, num_domains: int,
+                    task_weights=(), task_weighting: str = "fixed") -> Callable:
+  """(state, batch) -> (state, {'loss'}): one update of `model_tx`; counts a step.
+  The loss is weighted per task as `losses.weighted_loss` says."""
   return _make_update_step(model, optimizers.model_tx, optimizers.model_tx_trains,
                            optimizers.labels, "model_opt_state", loss_name, num_domains,
-                           "loss", counts_as_step=True)
+                           "loss", True, task_weights, task_weighting)
 
 
-def make_arch_step(model, optimizers: Optimizers, loss_name: str,
-                   num_domains: int) -> Callable:
-  """(state, batch) -> (state, {'arch_loss'}): one update of `arch_tx`; model frozen."""
+def make_arch_step(model, optimizers: Optimizers, loss_name: str, num_domains: int,
+                   task_weights=(), task_weighting: str = "fixed") -> Callable:
+  """(state, batch) -> (state, {'arch_loss'}): one update of `arch_tx`; model frozen
+  (the task weighting's log-variances included: they are model weights)."""
   return _make_update_step(model, optimizers.arch_tx, optimizers.arch_tx_trains,
                            optimizers.labels, "arch_opt_state", loss_name, num_domains,
-                           "arch_loss", counts_as_step=False)
+                           "arch_loss", False, task_weights, task_weighting)
 
 
 def make_multi_step(update_step: Callable) -> Callable:

@@ -308,7 +308,8 @@ def _train_then_test(config, workdir: epath.Path, preemption: run_context.Preemp
     epoch = progress.epoch
     logging.info("epoch %d\n%s", epoch, metrics.format_table(validation, "validation"))
     logger.scalars({**metrics.scalars(validation, "validation"),
-                    **run_log.diagnostic_scalars(diagnostics, dataset.schema)}, int(state.step))
+                    **run_log.diagnostic_scalars(diagnostics, dataset.schema),
+                    **trainer.task_weight_scalars(state)}, int(state.step))
     logger.epoch_record(epoch, int(state.step), validation, diagnostics)
     progress.epoch, progress.batch = epoch + 1, 0
     score = validation["mean_auc"]

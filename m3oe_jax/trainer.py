@@ -88,7 +88,10 @@ class Trainer(Evaluator):
   def __init__(self, config, dataset: pipeline.Dataset, mesh):
     sharding.check_batch_size(int(config.batch_size), mesh, "batch_size")
     super().__init__(config, dataset, mesh)
-    variables_shape = self.variables_shape
+    optim.check_task_weights(config.optimizer, self.schema.num_tasks)
+    self.task_weighting = config.optimizer.get("task_weighting", "fixed")
+    self.task_weights = tuple(config.optimizer.get("task_weights", ()))
+    variables_shape = jax.eval_shape(self._with_task_weighting, self.variables_shape)
     steps_per_epoch = pipeline.num_batches(len(dataset.splits["train"]), config.batch_size)
     self.optimizers = optim.make_optimizers(config.optimizer, variables_shape["params"],
                                             steps_per_epoch)
@@ -100,19 +103,22 @@ class Trainer(Evaluator):
         lambda v: step.create_train_state(v, self.optimizers), variables_shape)
     self.state_sharding = self.shardings(self.state_shape)
     self._init = jax.jit(
-        lambda rng: step.create_train_state(init_variables(self.model, self.schema, rng),
-                                            self.optimizers),
+        lambda rng: step.create_train_state(
+            self._with_task_weighting(init_variables(self.model, self.schema, rng)),
+            self.optimizers),
         out_shardings=self.state_sharding)
     num_domains, num_tasks = self.schema.num_domains, self.schema.num_tasks
     train_loss = losses.resolve(config.optimizer.train_loss, num_domains, num_tasks,
                                 "train_loss")
     arch_loss = losses.resolve(config.optimizer.arch_loss, num_domains, num_tasks, "arch_loss")
-    model_step = step.make_model_step(self.model, self.optimizers, train_loss, num_domains)
+    weighting = (self.task_weights, self.task_weighting)
+    model_step = step.make_model_step(self.model, self.optimizers, train_loss, num_domains,
+                                      *weighting)
     self.model_step = jax.jit(
         model_step, in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     self.arch_step = jax.jit(
-        step.make_arch_step(self.model, self.optimizers, arch_loss, num_domains),
+        step.make_arch_step(self.model, self.optimizers, arch_loss, num_domains, *weighting),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     # The training loop's step: model steps over batches stacked [k, ...], one
@@ -123,6 +129,26 @@ class Trainer(Evaluator):
                       sharding.replicated(mesh)),
         out_shardings=(self.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     self._check_memory_budget(int(config.mesh.get("device_memory_budget_bytes", 0)))
+
+  def _with_task_weighting(self, variables: dict) -> dict:
+    """`variables` with, for task weighting 'uncertainty', the log-variances (0 at
+    the start) in params[losses.WEIGHTING_SCOPE]."""
+    if self.task_weighting != "uncertainty":
+      return variables
+    log_var = jax.numpy.zeros((self.schema.num_tasks,), jax.numpy.float32)
+    params = {**variables["params"], losses.WEIGHTING_SCOPE: {"log_var": log_var}}
+    return {**variables, "params": params}
+
+  def task_weight_scalars(self, state) -> dict[str, float]:
+    """{'task_weight/<task>': the weight of that task's loss now}: w_t, times
+    exp(-s_t) for task weighting 'uncertainty'; {} for the default weighting."""
+    if self.task_weighting != "uncertainty" and not self.task_weights:
+      return {}
+    weights = np.asarray(self.task_weights or (1.0,) * self.schema.num_tasks, np.float32)
+    if self.task_weighting == "uncertainty":
+      log_var = state.params[losses.WEIGHTING_SCOPE]["log_var"]
+      weights = weights * np.exp(-np.asarray(jax.device_get(log_var)))
+    return {f"task_weight/{task}": float(w) for task, w in zip(self.schema.task_names, weights)}
 
   def _check_memory_budget(self, budget: int) -> None:
     """Logs the per-device footprint; refuses a step that needs more than `budget`
