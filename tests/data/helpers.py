@@ -83,10 +83,15 @@ def write_movielens_files(folder, ratings=None, users=None, movies=None):
   return top
 
 
-def movielens_config(data_dir, **kw):
-  """A MovieLens `config.data` preparing into `data_dir` offline, with `kw` set."""
-  c = ml_collections.ConfigDict(dict(name="movielens", data_dir=str(data_dir),
-                                     download=False, placement="host"))
+def raw_data_config(name, data_dir, **kw):
+  """A `config.data` of the raw dataset `name` preparing into `data_dir` offline,
+  with `kw` set."""
+  c = ml_collections.ConfigDict(dict(name=name, data_dir=str(data_dir), download=False,
+                                     placement="host"))
   for k, v in kw.items():
     c[k] = v
   return c
+
+
+def movielens_config(data_dir, **kw):
+  return raw_data_config("movielens", data_dir, **kw)

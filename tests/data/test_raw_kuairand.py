@@ -10,7 +10,6 @@ import os
 import pathlib
 import shutil
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -19,14 +18,11 @@ from m3oe_jax.data.datasets import kuairand
 from m3oe_jax.data.raw import RawDataError, sources, storage
 from m3oe_jax.data.raw import text as raw_text
 from m3oe_jax.data.raw.builder import RawTableBuilder
+from tests.data.helpers import raw_data_config
 
 
 def data_config(data_dir, **kw):
-  c = ml_collections.ConfigDict(dict(name="kuairand", data_dir=str(data_dir),
-                                     download=False, placement="host"))
-  for k, v in kw.items():
-    c[k] = v
-  return c
+  return raw_data_config("kuairand", data_dir, **kw)
 
 
 def read_logs(top):
