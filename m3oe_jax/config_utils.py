@@ -11,6 +11,7 @@ import ast
 
 import ml_collections
 
+from m3oe_jax.errors import ConfigError
 from m3oe_jax.models import MODELS, default_model_config, model_class
 
 
@@ -93,7 +94,8 @@ def add_paper_training(config: ml_collections.ConfigDict,
   # StepLR: model_lr * lr_decay_factor ** floor(epoch / lr_decay_every_epochs); 0: off.
   config.optimizer.lr_decay_every_epochs = 0
   config.optimizer.lr_decay_factor = 1.0
-  config.optimizer.train_loss = "mdmt"  # mdmt | mean | reference (mdmt iff 3 domains x 2 tasks)
+  # The released M3oE trainer's: mdmt for 3 domains x 2 tasks, mean otherwise (or mdmt | mean).
+  config.optimizer.train_loss = "reference"
   config.optimizer.arch_loss = "mean"
   config.optimizer.arch_every_steps = 50  # darts only
   # Per-task loss weights (() for all 1); "uncertainty" learns one log-variance per task.
@@ -104,9 +106,16 @@ def add_paper_training(config: ml_collections.ConfigDict,
   config.eval_batch_size = 40960
   config.num_epochs = 50
   config.patience = 10
-  # Weights scored on the test split: `best` (best validation mean AUC) or
-  # `reference` (the authors' trainers: the best if early stopping fired, else the last).
-  config.test_weights = "best"
+  # Weights scored on the test split: `reference` (the authors' trainers: the best if
+  # early stopping fired, else the last) or `best` (the best validation mean AUC).
+  config.test_weights = "reference"
+
+  # Start from these weights (an .npz in the exchange layout, `params/<name>` and
+  # `batch_stats/<name>`: docs/models.md) instead of the seed's random ones; "": the seed's.
+  config.init_weights = ""
+  # Replay recorded training row orders (an .npz of per-epoch permutations,
+  # m3oe_jax/data/row_order.py) instead of the seeded shuffle; "": the seed's.
+  config.train_order = ""
 
   config.log_every_steps = 20
   config.checkpoint_every_steps = 200
@@ -142,9 +151,26 @@ def add_paper_training(config: ml_collections.ConfigDict,
   # Refuse to start when the compiled train step needs more bytes of one device
   # than this (0: no check). XLA's own allocator fails later and less clearly.
   config.mesh.device_memory_budget_bytes = 0
+  # The model this config's training setup (optimizer, loss, seed) was made for:
+  # `check_training_setup` refuses another config.model.name.
+  config.setup_for_model = model
   if model != "m3oe":
     add_baseline_training(config)
   return config
+
+
+def check_training_setup(config: ml_collections.ConfigDict) -> None:
+  """Refuses a config whose model was swapped after its training setup was made
+  (`--config.model.name=mmoe` on an M3oE config would train MMoE with M3oE's
+  optimizer): the config argument `model=NAME` picks a model with its own setup."""
+  made_for = config.get("setup_for_model", config.model.name)
+  if config.model.name != made_for:
+    raise ConfigError(
+        f"config.model.name={config.model.name!r}, but this config's training setup "
+        f"(optimizer, loss, seed) is the one of {made_for!r}. Pick the model with the "
+        f"config argument, e.g. `--config=configs/movielens.py:model={config.model.name}` "
+        "(the authors' setup for that model); to train it with this setup on purpose, "
+        f"also pass --config.setup_for_model={config.model.name}.")
 
 
 def add_baseline_training(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

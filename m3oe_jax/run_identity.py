@@ -18,14 +18,16 @@ from typing import Any
 # Config fields that may change between a run and its resumption.
 RESUMABLE_CHANGES = ("num_epochs", "patience", "log_every_steps", "checkpoint_every_steps",
                      "eval_batch_size", "divergence_factor", "mesh.", "steps_per_call",
-                     "prefetch_batches", "compilation_cache_dir", "async_checkpointing")
+                     "prefetch_batches", "compilation_cache_dir", "async_checkpointing",
+                     "setup_for_model")
 # Fields added to the config since checkpoints were first written, and the value a
 # checkpoint without them was trained with.
 ADDED_FIELDS = {"model.dtype": "float32", "optimizer.task_weights": [],
-                "optimizer.task_weighting": "fixed"}
+                "optimizer.task_weighting": "fixed", "init_weights": "", "train_order": ""}
 # Added fields left out of the hash at their ADDED_FIELDS value, so the runs written
 # before them keep their hashes.
-HASHED_IF_SET = ("optimizer.task_weights", "optimizer.task_weighting")
+HASHED_IF_SET = ("optimizer.task_weights", "optimizer.task_weighting", "init_weights",
+                 "train_order")
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -22,8 +22,8 @@ from absl import flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from m3oe_jax import (checkpoint, cli, data, metrics, models, optim, paths, run_context,
-                      run_identity, run_log, sharding)
+from m3oe_jax import (checkpoint, cli, config_utils, data, metrics, models, optim, paths,
+                      run_context, run_identity, run_log, sharding)
 from m3oe_jax.data import load_dataset, pipeline, variants
 from m3oe_jax.errors import ConfigError, DiskFullError, UserError, WorkdirError
 from m3oe_jax.trainer import Trainer
@@ -32,9 +32,10 @@ from m3oe_jax.workdir_lock import WorkdirLock
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 
 
-# best: the weights of the best validation mean AUC; reference: as the authors'
-# trainers, the best if early stopping fired and the last weights otherwise.
-TEST_WEIGHTS = ("best", "reference")
+# reference: as the authors' trainers, the best weights if early stopping fired and
+# the last otherwise (likely a bug of theirs: their comment says the best are kept);
+# best: the weights of the best validation mean AUC.
+TEST_WEIGHTS = ("reference", "best")
 
 
 @jax.jit
@@ -90,10 +91,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if not isinstance(config.get("compilation_cache_dir", ""), str):
     raise ConfigError("config.compilation_cache_dir must be a folder (a string; \"\" "
                       f"leaves JAX's cache settings alone), got {config.compilation_cache_dir!r}")
-  if config.get("test_weights", "best") not in TEST_WEIGHTS:
+  if config.get("test_weights", "reference") not in TEST_WEIGHTS:
     raise ConfigError(f"config.test_weights={config.test_weights!r}; expected one of "
                       f"{TEST_WEIGHTS}")
+  for name in ("init_weights", "train_order"):
+    if not isinstance(config.get(name, ""), str):
+      raise ConfigError(f"config.{name} must be a file path (a string; \"\": none), got "
+                        f"{config[name]!r}")
   models.check_config(config.model)
+  config_utils.check_training_setup(config)
   optim.check_config(config.optimizer)
   data.check_config(config.data)
   if "variant" in config:
@@ -333,7 +339,7 @@ def _train_then_test(config, workdir: epath.Path, preemption: run_context.Preemp
   store.wait()  # the last saves, `best` among them, are complete
 
   best_state, best_progress = _restore_best(store, trainer, progress)
-  if config.get("test_weights", "best") == "reference" and not progress.stopped_early:
+  if config.get("test_weights", "reference") == "reference" and not progress.stopped_early:
     tested, tested_state = "last", state
   else:
     tested, tested_state = "best", best_state

@@ -11,8 +11,9 @@ from jax.experimental import multihost_utils
 
 from m3oe_jax import losses, metrics, optim, sharding, step
 from m3oe_jax.data import pipeline
+from m3oe_jax.data.row_order import RecordedOrder
 from m3oe_jax.errors import ConfigError
-from m3oe_jax.models import build_model, init_variables
+from m3oe_jax.models import build_model, init_variables, read_weights_file
 from m3oe_jax.models.base import per_domain_means
 
 
@@ -88,6 +89,8 @@ class Trainer(Evaluator):
   def __init__(self, config, dataset: pipeline.Dataset, mesh):
     sharding.check_batch_size(int(config.batch_size), mesh, "batch_size")
     super().__init__(config, dataset, mesh)
+    self._orders = {}
+    self._recorded_order("train")  # a bad order file is refused before compiling
     optim.check_task_weights(config.optimizer, self.schema.num_tasks)
     self.task_weighting = config.optimizer.get("task_weighting", "fixed")
     self.task_weights = tuple(config.optimizer.get("task_weights", ()))
@@ -182,24 +185,42 @@ class Trainer(Evaluator):
         self.state_shape, self.state_sharding)
 
   def initial_state(self, seed: int):
-    return self._init(jax.random.key(seed))
+    """The state at step 0: the model initialised from `seed`, or the weights of
+    `config.init_weights` (an .npz in the exchange layout) when set."""
+    if not self.config.get("init_weights", ""):
+      return self._init(jax.random.key(seed))
+    variables = read_weights_file(self.config.init_weights, self.variables_shape)
+    return jax.jit(
+        lambda v: step.create_train_state(self._with_task_weighting(v), self.optimizers),
+        out_shardings=self.state_sharding)(variables)
+
+  def _recorded_order(self, stream: str):
+    """The epochs' row orders of `stream` from `config.train_order`; None: seeded."""
+    path = self.config.get("train_order", "")
+    if not path:
+      return None
+    if stream not in self._orders:
+      self._orders[stream] = RecordedOrder(path, stream, len(self.dataset.splits["train"]))
+    return self._orders[stream]
 
   def train_batch(self, position: int):
     return self.put(pipeline.shuffled_batch(
         self.dataset.splits["train"], self.config.batch_size, self.config.seed, position,
-        jax.process_index(), jax.process_count()))
+        jax.process_index(), jax.process_count(), self._recorded_order("train")))
 
   def train_batches(self, position: int, count: int):
     """Batches `position` .. `position + count - 1` of the training stream,
     stacked [count, batch, ...] on the mesh: the input of `multi_step`."""
     return sharding.put_stacked_batch(pipeline.shuffled_batches(
         self.dataset.splits["train"], self.config.batch_size, self.config.seed, position,
-        count, jax.process_index(), jax.process_count()), self.mesh)
+        count, jax.process_index(), jax.process_count(), self._recorded_order("train")),
+        self.mesh)
 
   def arch_batch(self, arch_steps: int):
     """The architecture step's batch: training data for reference/paper, validation
     data for darts, each from a stream of its own."""
     split = "validation" if self.schedule == "darts" else "train"
+    order = self._recorded_order("arch") if split == "train" else None
     return self.put(pipeline.shuffled_batch(
         self.dataset.splits[split], self.config.batch_size, self.config.seed + 1,
-        arch_steps, jax.process_index(), jax.process_count()))
+        arch_steps, jax.process_index(), jax.process_count(), order))

@@ -108,23 +108,26 @@ def epoch_permutation(num_rows: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def shuffled_batches(source: RowSource, batch_size: int, seed: int, position: int,
-                     count: int, process_index: int = 0,
-                     process_count: int = 1) -> dict[str, np.ndarray]:
+                     count: int, process_index: int = 0, process_count: int = 1,
+                     order: Callable[[int], np.ndarray] | None = None
+                     ) -> dict[str, np.ndarray]:
   """Batches `position` .. `position + count - 1` of an endless shuffled stream
   over `source`, stacked [count, rows, ...] and gathered in one `take`.
 
-  Epoch `e` of the stream visits every row once in the order
-  `epoch_permutation(len(source), seed, e)`; its last batch is padded (mask 0,
-  zero features) to `batch_size`. Each process gets its own slice of every global
-  batch; all slices together are the global batch. Only real rows are read.
+  Epoch `e` of the stream visits every row once in the order `order(e)`, by
+  default `epoch_permutation(len(source), seed, e)`; its last batch is padded
+  (mask 0, zero features) to `batch_size`. Each process gets its own slice of
+  every global batch; all slices together are the global batch. Only real rows
+  are read.
   """
+  if order is None:
+    order = functools.partial(epoch_permutation, len(source), seed)
   local = _local_slice(batch_size, process_index, process_count)
   per_epoch = num_batches(len(source), batch_size)
   rows = np.full((count, batch_size), -1, np.int64)
   for i in range(count):
     epoch, index = divmod(position + i, per_epoch)
-    chosen = epoch_permutation(len(source), seed, epoch)[index * batch_size:
-                                                         (index + 1) * batch_size]
+    chosen = order(epoch)[index * batch_size:(index + 1) * batch_size]
     rows[i, :len(chosen)] = chosen
   flat = rows[:, local].reshape(-1)
   real = flat >= 0
@@ -151,11 +154,12 @@ def _scatter_rows(values, real: np.ndarray):
 
 
 def shuffled_batch(source: RowSource, batch_size: int, seed: int, position: int,
-                   process_index: int = 0,
-                   process_count: int = 1) -> dict[str, np.ndarray]:
+                   process_index: int = 0, process_count: int = 1,
+                   order: Callable[[int], np.ndarray] | None = None
+                   ) -> dict[str, np.ndarray]:
   """Batch number `position` of the stream of `shuffled_batches`."""
   batch = shuffled_batches(source, batch_size, seed, position, 1, process_index,
-                           process_count)
+                           process_count, order)
   return {k: v[0] for k, v in batch.items()}
 
 

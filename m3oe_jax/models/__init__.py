@@ -176,3 +176,39 @@ def import_weights(named: Mapping[str, Any], template) -> Any:
   flat = {tuple(name.split("/")): jnp.asarray(named[name], expected[name].dtype)
           for name in expected}
   return flax.traverse_util.unflatten_dict(flat)
+
+
+def read_weights_file(path, template: dict) -> dict:
+  """{'params', 'batch_stats'} like `template` (a model's variables or their shapes)
+  from an `.npz` of named arrays in the exchange layout, `params/<name>` and, for a
+  model with BatchNorm, `batch_stats/<name>` (`export_weights`'s names)."""
+  from m3oe_jax import paths  # pylint: disable=g-import-not-at-top
+  path = paths.resolve(path)
+  where = f"config.init_weights={path}"
+  try:
+    with path.open("rb") as f, np.load(f) as npz:
+      named = {name: np.asarray(npz[name]) for name in npz.files}
+  except FileNotFoundError:
+    raise ConfigError(f"{where}: no such file") from None
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{where}: not a readable .npz of weights ({e})") from None
+  sections = {"params": {}, "batch_stats": {}}
+  for name, value in named.items():
+    section, _, rest = name.partition("/")
+    if section not in sections or not rest:
+      raise ConfigError(f"{where}: unexpected entry {name!r}; expected params/<name> and "
+                        "batch_stats/<name>")
+    sections[section][rest] = value
+  variables = {}
+  for section, arrays in sections.items():
+    if not template.get(section):
+      if arrays:
+        raise ConfigError(f"{where}: the model has no {section}, the file has "
+                          f"{sorted(arrays)[:5]}")
+      variables[section] = {}
+      continue
+    try:
+      variables[section] = import_weights(arrays, template[section])
+    except ValueError as e:
+      raise ConfigError(f"{where} ({section}): {e}") from None
+  return variables

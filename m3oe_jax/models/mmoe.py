@@ -6,8 +6,9 @@
     f[d,t]    = sum_e g[e] S_e(x)                          [B, h], h = fcn_dims[-1]
     tower(d,t): l = relu(Norm(f @ W1 + b1)) @ W2 + b2      h -> h -> 1
 
-Block is relu(LayerNorm(x @ W + b)); the tower's Norm is LayerNorm (default) or
-torch-style BatchNorm (`tower_norm="batch"`).
+Block is relu(LayerNorm(x @ W + b)); the tower's Norm is torch-style BatchNorm
+(`tower_norm="batch"`, the default: the authors' `MMOE` class behind their baseline
+numbers) or LayerNorm (`tower_norm="layer"`: the spec's text, another training).
 
 Parameter tree: embedding/<feature>, experts/layer<k>/{kernel, bias, ln_scale,
 ln_bias} [E, ...], gates/{kernel, bias} [D, T, ...], towers/hidden/{kernel, bias,
@@ -32,13 +33,13 @@ class MMoE(RankingModel):
   """Multi-gate mixture of experts with one gate and tower per (domain, task).
 
   Options: `fcn_dims` (expert widths, default (256, 64); the tower is
-  fcn_dims[-1] wide), `num_experts` (default 4) and `tower_norm` ("layer", the
-  default, or "batch").
+  fcn_dims[-1] wide), `num_experts` (default 4) and `tower_norm` ("batch", the
+  default, as the authors' class, or "layer").
   Diagnostics: `gates` [B, T, E], each row's own-domain gate weights.
   """
   fcn_dims: Sequence[int] = (256, 64)
   num_experts: int = 4
-  tower_norm: str = "layer"
+  tower_norm: str = "batch"
 
   NAME = "mmoe"
   TINY = {"fcn_dims": (16, 8), "num_experts": 3}
