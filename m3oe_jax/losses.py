@@ -10,14 +10,15 @@ import jax.numpy as jnp
 import optax
 
 from m3oe_jax.errors import ConfigError
+from m3oe_jax.models.layers import at_least_float32
 
 
 def group_bce(logits: jax.Array, labels: jax.Array, domain: jax.Array,
               mask: jax.Array, num_domains: int) -> jax.Array:
   """[D, T]: the mean BCE of each domain's (unmasked) examples, per task; 0 for a
   domain with no example in the batch."""
-  logits = logits.astype(jnp.float32)
-  bce = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))   # [B, T]
+  logits = at_least_float32(logits)
+  bce = optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))    # [B, T]
   members = jax.nn.one_hot(domain, num_domains, dtype=jnp.float32) * mask[:, None]
   sums = members.T @ bce                                                          # [D, T]
   counts = jnp.sum(members, axis=0)[:, None]                                      # [D, 1]
@@ -42,8 +43,8 @@ def mean_loss(logits: jax.Array, labels: jax.Array, domain: jax.Array,
   """Plain mean BCE over all (unmasked) examples and tasks, task t's terms times
   `weights[t]` when given (the same denominator)."""
   del domain, num_domains
-  logits = logits.astype(jnp.float32)
-  bce = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))
+  logits = at_least_float32(logits)
+  bce = optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
   if weights is not None:
     bce = bce * jnp.asarray(weights, jnp.float32)
   total = jnp.sum(bce * mask[:, None])

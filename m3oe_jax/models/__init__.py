@@ -111,7 +111,10 @@ def dummy_batch(schema: FeatureSchema, batch_size: int = 2) -> dict[str, np.ndar
 def init_variables(model, schema: FeatureSchema, rng: jax.Array) -> dict:
   """{'params': ..., 'batch_stats': ... (empty for models without BatchNorm)}."""
   variables = jax.jit(lambda key: model.init(key, dummy_batch(schema), train=False))(rng)
-  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  if model.dtype == "float64":  # every weight and statistic in float64 too
+    variables = jax.tree.map(lambda x: x.astype(jnp.float64), variables)
+  return variables
 
 
 def init_params(model, schema: FeatureSchema, rng: jax.Array):

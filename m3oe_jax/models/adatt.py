@@ -35,7 +35,7 @@ import numpy as np
 
 from m3oe_jax.errors import ConfigError
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import (Dense, bank, like, select_domain, softmax32,
+from m3oe_jax.models.layers import (Dense, at_least_float32, bank, like, select_domain, softmax32,
                                     torch_linear_bias_init, torch_linear_kernel_init)
 
 
@@ -232,7 +232,7 @@ class AdaTTBase(RankingModel):
         tuple(self.tower_dims), name="towers")
     every_head = towers(task_in)                                        # [D, T, B]
     logits = select_domain(jnp.transpose(every_head, (2, 0, 1)), domain, axis=1)
-    logits = logits.astype(jnp.float32)
+    logits = at_least_float32(logits)
     own_gates = select_domain(jnp.moveaxis(gate, 2, 0), domain, axis=1)  # [B, T, n]
     return logits, {"gates": own_gates}
 

@@ -21,7 +21,9 @@ dtype. Parameters, BatchNorm statistics and gradients stay float32; the embeddin
 output is cast to `dtype`, and every layer casts its parameters to the dtype of
 its input, so matmuls and activations run in `dtype`. LayerNorm and BatchNorm
 statistics and softmax gates are computed in float32, and `logits` (and the
-diagnostics) are float32 whatever `dtype` is.
+diagnostics) are float32 whatever `dtype` is. "float64" (with JAX_ENABLE_X64=1)
+makes all of it float64, weights included: the mode of the trajectory tests,
+which follow another trainer step by step where float32 rounding would not do.
 
 Conventions that the rest of the code relies on, and nothing else:
   - embedding tables live under the top-level parameter scopes named in
@@ -39,6 +41,7 @@ import dataclasses
 from typing import Any, ClassVar, Mapping, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -50,13 +53,17 @@ DATA_FIELDS = ("feature_names", "vocab_sizes", "num_domains", "num_tasks")
 # ... and from the shared part of `config.model`.
 SHARED_FIELDS = ("embed_dim", "embed_init_std", "embed_rows_multiple", "dtype")
 # `config.model.dtype` -> the compute dtype.
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 def resolve_dtype(name: str):
-  """The compute dtype `config.model.dtype` names; refuses any other value."""
+  """The compute dtype `config.model.dtype` names; refuses any other value, and
+  float64 where JAX runs without 64-bit types."""
   if not isinstance(name, str) or name not in DTYPES:
     raise ConfigError(f"config.model.dtype={name!r} must be one of {sorted(DTYPES)}")
+  if name == "float64" and not jax.config.jax_enable_x64:
+    raise ConfigError("config.model.dtype='float64' needs JAX's 64-bit types: set "
+                      "JAX_ENABLE_X64=1 in the environment of the run")
   return DTYPES[name]
 
 

@@ -3,7 +3,8 @@ banks of stacked modules, the embedding lookup and per-domain selection.
 
 Every layer computes in the dtype of its input: its float32 parameters are cast
 to it (`like`), so a bfloat16 input gives bfloat16 matmuls and activations and
-float32 gradients. Normalisation statistics and softmax gates are float32.
+float32 gradients. Normalisation statistics and softmax gates are at least float32
+(`at_least_float32`: float64 stays float64, for float64 models).
 """
 
 from __future__ import annotations
@@ -35,14 +36,19 @@ def like(value: jax.Array, x: jax.Array) -> jax.Array:
   return value.astype(x.dtype)
 
 
+def at_least_float32(x: jax.Array) -> jax.Array:
+  """`x` in float32, or in its own dtype when that is wider (float64)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def softmax32(logits: jax.Array, axis: int = -1) -> jax.Array:
-  """softmax in float32 whatever the dtype of `logits`."""
-  return jax.nn.softmax(logits.astype(jnp.float32), axis=axis)
+  """softmax in float32 (float64 for float64 logits) whatever the dtype of `logits`."""
+  return jax.nn.softmax(at_least_float32(logits), axis=axis)
 
 
 def layer_norm(y: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
   """LayerNorm over the last axis, computed in float32; returned in y's dtype."""
-  y32 = y.astype(jnp.float32)
+  y32 = at_least_float32(y)
   mean = jnp.mean(y32, axis=-1, keepdims=True)
   centred = y32 - mean
   var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
@@ -116,7 +122,7 @@ def normalise(module: nn.Module, y: jax.Array, weight: jax.Array | None,
   y's dtype.
   """
   out_dtype = y.dtype
-  y = y.astype(jnp.float32)
+  y = at_least_float32(y)
   features = y.shape[-1]
   shape = y.shape[:-2] + (features,)
   running_mean = module.variable("batch_stats", "bn_mean", jnp.zeros, shape, jnp.float32)
@@ -230,7 +236,7 @@ class Embeddings(nn.Module):
       table = self.param(name, init, (rows, self.embed_dim))
       ids = sparse[:, k] if rows == vocab else jnp.minimum(sparse[:, k], vocab - 1)
       columns.append(jnp.take(table, ids, axis=0, mode="clip"))
-    return jnp.concatenate(columns + [dense.astype(jnp.float32)], axis=-1).astype(self.dtype)
+    return jnp.concatenate(columns + [at_least_float32(dense)], axis=-1).astype(self.dtype)
 
 
 class Star(nn.Module):

@@ -39,8 +39,8 @@ import jax.numpy as jnp
 
 from m3oe_jax.errors import ConfigError
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import (Dense, affine, bank, layer_norm, like, linear_batch_norm,
-                                    softmax32)
+from m3oe_jax.models.layers import (Dense, affine, at_least_float32, bank, layer_norm, like,
+                                    linear_batch_norm, softmax32)
 
 NEGATIVE_SLOPE = 0.1
 BACKBONES = ("none", "field_transformer")
@@ -279,4 +279,4 @@ class M2M(RankingModel):
         swr, frozen, name="meta_tower")(r, scenario, mask)              # [T, B, h]
     logits = bank(TaskOutput, num_t, in_axes=(0, None))(
         tuple(self.out_dims), frozen, name="out")(o, mask)              # [T, B]
-    return logits.T.astype(jnp.float32), {"expert_attention": attention}
+    return at_least_float32(logits.T), {"expert_attention": attention}

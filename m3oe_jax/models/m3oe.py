@@ -17,8 +17,8 @@ import jax.numpy as jnp
 
 from m3oe_jax.errors import ConfigError
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import (MLP, Block, Dense, Star, Tower, bank, like, select_domain,
-                                    softmax32)
+from m3oe_jax.models.layers import (Block, Dense, MLP, Star, Tower, at_least_float32, bank, like,
+                                    select_domain, softmax32)
 
 ARCH_NAMES = ("bal_d", "bal_t", "exp_d", "exp_t")
 
@@ -42,8 +42,8 @@ def balance_weights(logit: jax.Array, n: int) -> jax.Array:
   """
   a = jax.nn.sigmoid(logit)
   if n == 1:
-    return jnp.reshape(a, (1, 1)).astype(jnp.float32)
-  eye = jnp.eye(n, dtype=jnp.float32)
+    return at_least_float32(jnp.reshape(a, (1, 1)))
+  eye = jnp.eye(n, dtype=at_least_float32(a).dtype)
   return eye * a + (1.0 - eye) * (1.0 - a) / (n - 1)
 
 
@@ -124,6 +124,6 @@ class M3oE(RankingModel):
 
     every_tower = self.towers(fused)                                    # [D, T, B]
     logits = select_domain(jnp.transpose(every_tower, (2, 0, 1)), domain, axis=1)
-    logits = logits.astype(jnp.float32)
+    logits = at_least_float32(logits)
     aux = {"gates": gates, "fusion_weights": fusion}
     return logits, aux

@@ -28,7 +28,7 @@ import numpy as np
 
 from m3oe_jax.errors import ConfigError
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import MLP, Tower, bank, select_domain
+from m3oe_jax.models.layers import MLP, Tower, at_least_float32, bank, select_domain
 
 
 def reference_head_table(num_domains: int, num_tasks: int) -> np.ndarray:
@@ -91,7 +91,7 @@ class MLPBaseline(RankingModel):
     nets = bank(bank(MLP, t), d)(tuple(self.fcn_dims), name="nets")
     heads = bank(bank(Tower, t, in_axes=0), d, in_axes=0)(name="heads")
     every_head = jnp.transpose(heads(nets(x)), (2, 0, 1))                  # [B, D, T]
-    every_head = every_head.astype(jnp.float32)
+    every_head = at_least_float32(every_head)
     if not self.reference_index_bug:
       return select_domain(every_head, domain, axis=1), {}
     # The authors' indexing: row b, task t reads flat head table[domain[b], t].

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import MLP, Dense, bank, like, softmax32
+from m3oe_jax.models.layers import Dense, MLP, at_least_float32, bank, like, softmax32
 from m3oe_jax.models.shared_bottom import (NORMS, NormTower, check_choice, check_dims,
                                            head_bank, own_domain)
 
@@ -65,5 +65,5 @@ class MMoE(RankingModel):
 
     towers = head_bank(NormTower, self.num_domains, self.num_tasks, per_head_input=True)
     every = towers((widths[-1],), self.tower_norm, not train, name="towers")(fused, mask)
-    logits = own_domain(every, batch["domain"]).astype(jnp.float32)          # [B, T]
+    logits = at_least_float32(own_domain(every, batch["domain"]))          # [B, T]
     return logits, {"gates": own_domain(gates, batch["domain"])}             # [B, T, E]

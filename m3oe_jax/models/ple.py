@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import bank, like, linear_batch_norm, softmax32
+from m3oe_jax.models.layers import at_least_float32, bank, like, linear_batch_norm, softmax32
 from m3oe_jax.models.shared_bottom import NormMLP, NormTower, check_dims, head_bank, own_domain
 
 
@@ -145,5 +145,5 @@ class PLE(RankingModel):
 
     towers = head_bank(NormTower, self.num_domains, self.num_tasks, per_head_input=True)
     every = towers(tuple(self.tower_dims), "batch", not train, name="towers")(head_in, mask)
-    logits = own_domain(every, batch["domain"]).astype(jnp.float32)        # [B, T]
+    logits = at_least_float32(own_domain(every, batch["domain"]))        # [B, T]
     return logits, {"gates": own_domain(gates, batch["domain"])}

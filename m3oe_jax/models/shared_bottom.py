@@ -24,8 +24,8 @@ import jax.numpy as jnp
 
 from m3oe_jax.errors import ConfigError
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import (Dense, affine, bank, layer_norm, linear_batch_norm,
-                                    select_domain)
+from m3oe_jax.models.layers import (Dense, affine, at_least_float32, bank, layer_norm,
+                                    linear_batch_norm, select_domain)
 
 NORMS = ("batch", "layer")
 
@@ -145,5 +145,5 @@ class SharedBottom(RankingModel):
     z = NormMLP(tuple(self.bottom_dims), self.norm, not train, name="bottom")(x, mask)
     towers = head_bank(NormTower, self.num_domains, self.num_tasks, per_head_input=False)
     every = towers(tuple(self.tower_dims), self.norm, not train, name="towers")(z, mask)
-    logits = own_domain(every, batch["domain"]).astype(jnp.float32)        # [B, T]
+    logits = at_least_float32(own_domain(every, batch["domain"]))        # [B, T]
     return logits, {}

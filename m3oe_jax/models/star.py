@@ -41,8 +41,8 @@ import jax.numpy as jnp
 
 from m3oe_jax.errors import ConfigError
 from m3oe_jax.models.base import RankingModel
-from m3oe_jax.models.layers import (MLP, Block, BlockBN, Dense, Star, Tower, bank, like,
-                                    normalise, select_domain)
+from m3oe_jax.models.layers import (Block, BlockBN, Dense, MLP, Star, Tower, at_least_float32, bank,
+                                    like, normalise, select_domain)
 
 VARIANTS = ("simplified", "original")
 NORM_STATS = ("batch", "domain")
@@ -202,8 +202,8 @@ class STAR(RankingModel):
     self.validate()
     x = self.embed(batch)                                                  # [B, F]
     if self.variant == "simplified":
-      return self.simplified(x, batch["domain"]).astype(jnp.float32), {}
-    return self.original(x, batch, train).astype(jnp.float32), {}
+      return at_least_float32(self.simplified(x, batch["domain"])), {}
+    return at_least_float32(self.original(x, batch, train)), {}
 
   def simplified(self, x: jax.Array, domain: jax.Array) -> jax.Array:
     h1, h2 = self.fcn_dims[0], self.fcn_dims[1]
