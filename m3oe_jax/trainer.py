@@ -90,7 +90,6 @@ class Trainer(Evaluator):
     sharding.check_batch_size(int(config.batch_size), mesh, "batch_size")
     super().__init__(config, dataset, mesh)
     self._orders = {}
-    self._recorded_order("train")  # a bad order file is refused before compiling
     optim.check_task_weights(config.optimizer, self.schema.num_tasks)
     self.task_weighting = config.optimizer.get("task_weighting", "fixed")
     self.task_weights = tuple(config.optimizer.get("task_weights", ()))
@@ -99,6 +98,7 @@ class Trainer(Evaluator):
     self.optimizers = optim.make_optimizers(config.optimizer, variables_shape["params"],
                                             steps_per_epoch)
     self.schedule = self.optimizers.schedule
+    self._check_recorded_orders()
     if self.schedule != config.optimizer.schedule:
       logging.info("model %r has no architecture weights: bilevel schedule %r, not %r",
                    config.model.name, self.schedule, config.optimizer.schedule)
@@ -193,6 +193,21 @@ class Trainer(Evaluator):
     return jax.jit(
         lambda v: step.create_train_state(self._with_task_weighting(v), self.optimizers),
         out_shardings=self.state_sharding)(variables)
+
+  def _check_recorded_orders(self) -> None:
+    """Refuses, before compiling, an order file (`config.train_order`) without a
+    permutation the run will read: each training epoch's and, for the schedules
+    with an architecture step on training data, each of that stream's epochs."""
+    if not self.config.get("train_order", ""):
+      return
+    per_epoch = pipeline.num_batches(len(self.dataset.splits["train"]), self.config.batch_size)
+    needed = {"train": int(self.config.num_epochs)}
+    if self.schedule in ("reference", "paper"):  # one architecture batch per epoch
+      needed["arch"] = (int(self.config.num_epochs) - 1) // per_epoch + 1
+    for stream, epochs in needed.items():
+      order = self._recorded_order(stream)
+      for epoch in range(epochs):
+        order(epoch)
 
   def _recorded_order(self, stream: str):
     """The epochs' row orders of `stream` from `config.train_order`; None: seeded."""

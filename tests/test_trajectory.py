@@ -226,3 +226,84 @@ def test_the_trainer_follows_the_authors_trainer(kind, prepared):
   np.testing.assert_allclose(test, g["test/auc"], rtol=0, atol=AUC_ATOL)
   test_logloss = [result["test"]["pairs"][p]["logloss"] for p in order]
   np.testing.assert_allclose(test_logloss, g["test/logloss"], rtol=1e-7)
+
+
+# --- the options the comparison rests on, refused clearly when misused ----------------
+
+
+def tiny_config(tmp_path, **overrides):
+  from m3oe_jax.configs import synthetic  # pylint: disable=g-import-not-at-top
+  config = synthetic.get_config("tiny")
+  config.num_epochs = 1
+  config.compilation_cache_dir = ""
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def expect_config_error(config, tmp_path, *words):
+  from m3oe_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError) as caught:
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  message = str(caught.value)
+  assert "\n" not in message and all(w in message for w in words), message
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_order_file_that_is_not_a_permutation_is_refused(tmp_path):
+  config = tiny_config(tmp_path)
+  rows = len(load_dataset(config.data).splits["train"])
+  np.savez(tmp_path / "order.npz", **{"train/0": np.arange(rows - 1)})
+  config.train_order = str(tmp_path / "order.npz")
+  expect_config_error(config, tmp_path, "config.train_order", "train/0", "permutation")
+
+
+def test_an_order_file_without_an_epoch_the_run_trains_is_refused(tmp_path):
+  config = tiny_config(tmp_path)
+  config.num_epochs = 2
+  rows = len(load_dataset(config.data).splits["train"])
+  reverse = np.arange(rows)[::-1].copy()
+  np.savez(tmp_path / "order.npz", **{"train/0": reverse, "arch/0": reverse})
+  config.train_order = str(tmp_path / "order.npz")
+  expect_config_error(config, tmp_path, "config.train_order", "no permutation train/1",
+                      "config.num_epochs")
+
+
+def test_initial_weights_of_another_shape_are_refused_by_name(tmp_path):
+  np.savez(tmp_path / "init.npz", **{"params/embedding/f0": np.zeros((3, 2))})
+  config = tiny_config(tmp_path, init_weights=str(tmp_path / "init.npz"))
+  expect_config_error(config, tmp_path, "config.init_weights", "missing weights")
+
+
+def test_initial_weights_are_the_weights_trained_from(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  from m3oe_jax import sharding  # pylint: disable=g-import-not-at-top
+  from m3oe_jax.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path)
+  dataset = load_dataset(config.data)
+  model = models.build_model(config.model, dataset.schema)
+  start = models.init_variables(model, dataset.schema, jax.random.key(7))
+  named = {f"params/{k}": v for k, v in models.export_weights(start["params"]).items()}
+  np.savez(tmp_path / "init.npz", **named)
+  config.init_weights = str(tmp_path / "init.npz")
+  state = Trainer(config, dataset, sharding.make_mesh(config.mesh)).initial_state(config.seed)
+  got = models.export_weights(state.params)
+  assert sorted(got) == sorted(k[len("params/"):] for k in named)
+  for name, value in got.items():
+    np.testing.assert_array_equal(value, named[f"params/{name}"], err_msg=name)
+
+
+def test_float64_without_64_bit_jax_is_refused_in_one_line(tmp_path):
+  config = tiny_config(tmp_path)
+  config.model.dtype = "float64"
+  expect_config_error(config, tmp_path, "config.model.dtype", "JAX_ENABLE_X64=1")
+
+
+def test_a_model_swapped_after_its_training_setup_is_refused(tmp_path):
+  config = tiny_config(tmp_path)
+  config.model.name = "mmoe"
+  expect_config_error(config, tmp_path, "config.model.name='mmoe'", "model=mmoe",
+                      "setup_for_model")
+  config.setup_for_model = "mmoe"  # on purpose: MMoE with M3oE's optimiser
+  from m3oe_jax import config_utils  # pylint: disable=g-import-not-at-top
+  config_utils.check_training_setup(config)
