@@ -132,7 +132,8 @@ def test_readme_gives_exactly_the_test_command_ci_runs():
 
 
 # What docs/layout.md must map: every module and script in these folders.
-MAPPED_FOLDERS = ("m3oe_jax", "benchmarks", "launch", "tests", "notebooks")  # configs/: a link
+MAPPED_FOLDERS = ("m3oe_jax", "benchmarks", "launch", "tests", "notebooks",
+                  "reproduce")  # configs/: a link
 MAPPED_SUFFIXES = (".py", ".sh", ".sbatch", ".ipynb")
 SKIPPED_PARTS = {"__pycache__", "assets", "testdata", ".ipynb_checkpoints"}
 
