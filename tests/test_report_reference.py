@@ -164,3 +164,15 @@ def test_bad_reference_on_the_command_line(sweep_and_reference, tmp_path):
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert proc.stderr.startswith(f"m3oe_jax.report: error: {message}")
+
+
+def test_cells_that_do_not_line_up_are_warned(sweep_and_reference, tmp_path):
+  sweep, path = sweep_and_reference
+  value = reference.document(["young", "old"], SWEEP_TASKS, {"m3oe-mdmt": {"seeds": {1: {
+      "cells": {"young/click": {"auc": 0.7, "logloss": 0.5}}}}}})
+  path.write_text(json.dumps(value))
+  result = report.write_report([str(sweep)], str(tmp_path / "out"), str(path))
+  assert any("its (domain, task) cells are not this table's (only in the reference: old/click"
+             in w for w in result["warnings"])
+  m3oe = next(c for c in result["comparisons"] if c.label == "m3oe-mdmt")
+  assert m3oe.cells["young/click"].ours.n == 0 and m3oe.cells["young/click"].theirs.n == 1

@@ -182,7 +182,8 @@ def cells_markdown(comparisons: list[Comparison], ref: Reference, columns: list[
 
 
 def markdown(table: Table, ref: Reference, comparisons: list[Comparison] | None = None) -> str:
-  """The whole comparison: source, overall AUC, LogLoss, per-cell AUC."""
+  """The whole comparison: source, overall AUC, LogLoss, per-cell AUC (`warnings` says
+  where the two sides' cells do not line up)."""
   comparisons = comparisons if comparisons is not None else compare(table, ref)
   theirs_name = ref.name
   parts = [f"Reference: `{ref.path}`" + (f": {ref.description}" if ref.description else "")
@@ -201,8 +202,6 @@ def markdown(table: Table, ref: Reference, comparisons: list[Comparison] | None 
             "errors of the difference (Welch); Welch t and p: Welch's two-sided t-test over "
             "the per-seed values (n/a below 2 seeds a side).", "",
             "Per (domain, task):", "", cells_markdown(comparisons, ref, None, theirs_name)]
-  for w in warnings(table, ref):
-    parts += ["", f"Warning: {w}."]
   return "\n".join(parts)
 
 
