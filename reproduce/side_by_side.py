@@ -466,6 +466,7 @@ def write_markdown(args, data: dict, reference_path: pathlib.Path) -> pathlib.Pa
       compare.summary_markdown(comparisons, "LogLoss (mean of pairs)", "authors' code"), "",
       "## Per (domain, task)", "",
       compare.cells_markdown(comparisons, ref, None, "authors' code"), "",
+      compare.cells_markdown(comparisons, ref, None, "authors' code", "logloss"), "",
       "## Wall time", "",
       *_times(args, rows, ours_dir), "",
       "Authors' code: each run's subprocess, start to exit. m3oe_jax: each run's training and "

@@ -84,6 +84,10 @@ def test_comparison_numbers(sweep_and_reference):
   assert by_label["ple-mdmt"].ours is None and by_label["ple-mdmt"].summary["AUC"].ours.n == 0
   assert by_label["mlp-single"].theirs is None
   assert by_label["mlp-single"].summary["AUC"].theirs.mean is None
+  their_loss = [0.45 + 0.01 * 2 + 0.002 * (s - 2022) ** 2 for s in SEEDS]
+  assert by_label["m3oe-mdmt"].logloss_cells["age_35_45_50_56/like"].theirs.values == (
+      pytest.approx(their_loss))
+  assert by_label["m3oe-mdmt"].logloss_cells["age_35_45_50_56/like"].ours.n == 3
 
 
 def test_report_shows_both_sides(sweep_and_reference, tmp_path):

@@ -5,7 +5,7 @@ reference: the overall AUC (per seed, the mean of the row's per-(domain, task) t
 complete seeds) and the LogLoss (mean of pairs) of each side as mean ± sample std over seeds,
 the difference (ours minus the reference), the noise of that difference (2 standard errors,
 Welch: 2 * sqrt(s1^2/n1 + s2^2/n2)) and Welch's t-test (unequal variances, two-sided, via
-scipy); per (domain, task) cell the AUC of each side and the difference. A row on one side
+scipy); per (domain, task) cell the AUC and the logloss of each side and the difference. A row on one side
 only is shown with the other side missing.
 """
 
@@ -61,6 +61,7 @@ class Comparison:
   theirs: ReferenceRow | None
   summary: dict[str, Difference]  # METRICS -> difference
   cells: dict[str, Difference]  # "domain/task" (the reference's pairs) -> AUC difference
+  logloss_cells: dict[str, Difference]  # the same, of the logloss
 
 
 def reference_summary(ref: Reference, row: ReferenceRow | None) -> dict[str, Stat]:
@@ -100,9 +101,12 @@ def compare(table: Table, ref: Reference) -> list[Comparison]:
                for m in METRICS}
     cells = {p: Difference(mine.cells[p] if mine and p in mine.cells else Stat([]),
                            reference_cell(theirs, p)) for p in ref.pairs}
+    losses = {p: Difference(mine.logloss_cells[p] if mine and p in mine.logloss_cells
+                            else Stat([]), reference_cell(theirs, p, "logloss"))
+              for p in ref.pairs}
     name = mine.name if mine else _row_name(label)
     out.append(Comparison(label=label, name=name, ours=mine, theirs=theirs, summary=summary,
-                          cells=cells))
+                          cells=cells, logloss_cells=losses))
   return out
 
 
@@ -160,15 +164,16 @@ def summary_markdown(comparisons: list[Comparison], metric: str = "AUC",
 
 
 def cells_markdown(comparisons: list[Comparison], ref: Reference, columns: list[str] | None = None,
-                   theirs_name: str = "reference") -> str:
-  """Per (domain, task) AUC: `theirs / ours (difference)` x 100, means over seeds."""
+                   theirs_name: str = "reference", metric: str = "auc") -> str:
+  """Per (domain, task) test AUC (or `metric="logloss"`): `theirs / ours (difference)` x 100,
+  means over seeds."""
   columns = columns or [f"d{ref.domains.index(p.split('/')[0]) + 1}"
                         f"t{ref.tasks.index(p.split('/', 1)[1]) + 1}" for p in ref.pairs]
   lines = ["| row | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
   for c in comparisons:
     texts = []
     for pair in ref.pairs:
-      d = c.cells[pair]
+      d = (c.cells if metric == "auc" else c.logloss_cells)[pair]
       theirs = "missing" if d.theirs.mean is None else _x100(d.theirs.mean)
       ours = "missing" if d.ours.mean is None else _x100(d.ours.mean)
       diff = "" if d.diff is None else f" ({_x100(d.diff, signed=True)})"
@@ -176,7 +181,8 @@ def cells_markdown(comparisons: list[Comparison], ref: Reference, columns: list[
     lines.append(f"| {c.name} | " + " | ".join(texts) + " |")
   legend = ", ".join(f"d{i + 1} = {d}" for i, d in enumerate(ref.domains))
   legend += "; " + ", ".join(f"t{i + 1} = {t}" for i, t in enumerate(ref.tasks))
-  lines += ["", f"Each cell: {theirs_name} / ours (ours minus {theirs_name}), test AUC x 100, "
+  what = "test AUC" if metric == "auc" else "test logloss"
+  lines += ["", f"Each cell: {theirs_name} / ours (ours minus {theirs_name}), {what} x 100, "
             f"mean over seeds. Columns: {legend}."]
   return "\n".join(lines)
 
@@ -201,7 +207,9 @@ def markdown(table: Table, ref: Reference, comparisons: list[Comparison] | None 
             "missing on that side; difference: ours minus the reference; noise: 2 standard "
             "errors of the difference (Welch); Welch t and p: Welch's two-sided t-test over "
             "the per-seed values (n/a below 2 seeds a side).", "",
-            "Per (domain, task):", "", cells_markdown(comparisons, ref, None, theirs_name)]
+            "Per (domain, task), AUC:", "", cells_markdown(comparisons, ref, None, theirs_name),
+            "", "Per (domain, task), LogLoss:", "",
+            cells_markdown(comparisons, ref, None, theirs_name, "logloss")]
   return "\n".join(parts)
 
 
@@ -220,5 +228,8 @@ def as_dict(comparisons: list[Comparison]) -> list[dict]:
     out.append({"label": c.label, "name": c.name, "in_ours": c.ours is not None,
                 "in_reference": c.theirs is not None, "summary": summary,
                 "cells": {p: {"ours": stat(d.ours), "reference": stat(d.theirs),
-                              "difference": d.diff} for p, d in c.cells.items()}})
+                              "difference": d.diff} for p, d in c.cells.items()},
+                "logloss_cells": {p: {"ours": stat(d.ours), "reference": stat(d.theirs),
+                                      "difference": d.diff}
+                                  for p, d in c.logloss_cells.items()}})
   return out
