@@ -249,22 +249,42 @@ def check_inputs(args) -> dict:
 
 
 def checkout_info(path: str, flag: str, script: str) -> dict:
-  """The checkout's commit and whether it has local changes; an InputError when the script
-  is not there."""
+  """The checkout's commit and which of the commit's files differ in the working tree (the
+  files themselves are compared with the commit's, whatever git's index says); an
+  InputError when the script is not there."""
   root = pathlib.Path(path)
   if not (root / script).is_file():
     raise InputError(f"{flag}={path}: no {script} in it (a checkout of the authors' repository)")
-  def git(*command):
+
+  def git(*command, stdin=None):
     try:
       out = subprocess.run(["git", "-C", str(root), *command], capture_output=True, text=True,
-                           timeout=60, check=False)
+                           input=stdin, timeout=120, check=False)
     except (OSError, subprocess.TimeoutExpired):
       return None
-    return out.stdout.strip() if out.returncode == 0 else None
-  commit = git("rev-parse", "HEAD")
-  status = git("status", "--porcelain", "--untracked-files=no")
+    return out.stdout if out.returncode == 0 else None
+
+  commit = (git("rev-parse", "HEAD") or "").strip() or None
+  changed = missing = None
+  listing = git("ls-tree", "-r", "-z", "HEAD") if commit else None
+  if listing is not None:
+    blobs = {}
+    for entry in filter(None, listing.split("\0")):
+      meta, _, name = entry.partition("\t")
+      if meta.split()[1] == "blob":
+        blobs[name] = meta.split()[2]
+    present = [n for n in blobs if (root / n).is_file()]
+    hashes = git("hash-object", "--no-filters", "--stdin-paths",
+                 stdin="".join(n + "\n" for n in present)) if present else ""
+    if hashes is not None:
+      now = dict(zip(present, hashes.split()))
+      changed = sorted(n for n in present if now.get(n) != blobs[n])
+      missing = sorted(set(blobs) - set(present))
   return {"path": str(root.resolve()), "commit": commit,
-          "modified": None if status is None else bool(status)}
+          "modified": None if changed is None else bool(changed),
+          "changed_files": changed,
+          # files of the commit not in the working tree (a partial copy: caches, images)
+          "missing_files": missing if changed is not None else None}
 
 
 def check_torch_python(python: str) -> str:
@@ -568,9 +588,15 @@ def main(argv: list[str] | None = None) -> int:
         path = getattr(args, flag_name[2:])
         checkouts[repo] = (checkout_info(path, flag_name, script) if path
                            else {"path": None, "commit": None, "modified": None})
-        if checkouts[repo]["modified"]:
-          say(f"{PROG}: warning: {flag_name}={path} has local changes; the authors' code is "
-              "meant to run unchanged")
+        changed = checkouts[repo]["changed_files"] if path else None
+        if changed:
+          say(f"{PROG}: warning: {flag_name}={path}: {len(changed)} file(s) differ from "
+              f"commit {checkouts[repo]['commit'][:7]} ({', '.join(changed[:3])}"
+              f"{', ...' if len(changed) > 3 else ''}); the authors' code is meant to run "
+              "unchanged")
+        elif path and checkouts[repo]["commit"] is None:
+          say(f"{PROG}: warning: {flag_name}={path} is not a git checkout; its commit is not "
+              "recorded")
       rows = run_authors(args, data, checkouts)
       reference_path = write_reference(args, data, checkouts, rows, versions)
       say(f"wrote {reference_path}")

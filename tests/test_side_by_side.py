@@ -6,6 +6,7 @@ its one-line errors."""
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -302,3 +303,29 @@ def test_script_runs_outside_the_package(tmp_path):
   assert proc.stderr.strip() == textwrap.dedent("""\
       reproduce/side_by_side.py: error: --data=nowhere: no such folder (make it with \
 reproduce/ml100k.py)""")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_checkout_info_compares_the_files_with_the_commit(tmp_path):
+  root = tmp_path / "M3oE"
+  (root / "examples").mkdir(parents=True)
+  (root / sbs.M3OE_SCRIPT).write_text("print('hi')\n")
+  (root / "picture.jpg").write_bytes(b"jpg")
+  git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
+  for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "c"]):
+    subprocess.run(git + command, check=True, capture_output=True)
+  commit = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+  info = sbs.checkout_info(str(root), "--authors_m3oe", sbs.M3OE_SCRIPT)
+  assert (info["commit"], info["modified"], info["missing_files"]) == (commit, False, [])
+  (root / "picture.jpg").unlink()  # a partial copy is not a changed one
+  subprocess.run(git + ["rm", "-q", "--cached", str(root / sbs.M3OE_SCRIPT)], check=True)
+  info = sbs.checkout_info(str(root), "--authors_m3oe", sbs.M3OE_SCRIPT)
+  assert (info["modified"], info["missing_files"]) == (False, ["picture.jpg"])
+  (root / sbs.M3OE_SCRIPT).write_text("print('changed')\n")
+  info = sbs.checkout_info(str(root), "--authors_m3oe", sbs.M3OE_SCRIPT)
+  assert info["modified"] and info["changed_files"] == [sbs.M3OE_SCRIPT]
+  plain = tmp_path / "plain"
+  (plain / "examples").mkdir(parents=True)
+  (plain / sbs.M3OE_SCRIPT).write_text("")
+  assert sbs.checkout_info(str(plain), "--authors_m3oe", sbs.M3OE_SCRIPT)["commit"] is None
