@@ -484,14 +484,15 @@ def write_markdown(args, data: dict, reference_path: pathlib.Path) -> pathlib.Pa
       "runs (click, like).", "",
       "## LogLoss", "",
       compare.summary_markdown(comparisons, "LogLoss (mean of pairs)", "authors' code"), "",
-      "## Per (domain, task)", "",
-      compare.cells_markdown(comparisons, ref, None, "authors' code"), "",
+      "## Per (domain, task)", "", "AUC:", "",
+      compare.cells_markdown(comparisons, ref, None, "authors' code"), "", "LogLoss:", "",
       compare.cells_markdown(comparisons, ref, None, "authors' code", "logloss"), "",
       "## Wall time", "",
       *_times(args, rows, ours_dir), "",
-      "Authors' code: each run's subprocess, start to exit. m3oe_jax: each run's training and "
-      "evaluation inside the sweep (the sweep's process start and data preparation not "
-      "included).", ""]
+      "Authors' code: each run's subprocess, start to exit (their data preparation "
+      "included). m3oe_jax: each run inside the sweep's process, from its start to its test "
+      "metrics (the first run's data preparation and every run's compilation included; the "
+      "sweep's own start, about the import of JAX, not).", ""]
   path = pathlib.Path(args.workdir) / "side_by_side.md"
   path.write_text("\n".join(lines))
   return path
