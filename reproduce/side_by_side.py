@@ -454,7 +454,8 @@ def _times(args, rows: dict | None, ours_dir: pathlib.Path) -> list[str]:
 
 def write_markdown(args, data: dict, reference_path: pathlib.Path) -> pathlib.Path:
   """side_by_side.md from reference.json and our sweep's runs."""
-  from m3oe_jax.report import collect, compare, reference, tables  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from m3oe_jax.report import collect, compare, reference, tables
   ref = reference.load(reference_path)
   ours_dir = pathlib.Path(args.workdir) / "ours"
   try:

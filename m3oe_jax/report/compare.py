@@ -5,8 +5,8 @@ reference: the overall AUC (per seed, the mean of the row's per-(domain, task) t
 complete seeds) and the LogLoss (mean of pairs) of each side as mean ± sample std over seeds,
 the difference (ours minus the reference), the noise of that difference (2 standard errors,
 Welch: 2 * sqrt(s1^2/n1 + s2^2/n2)) and Welch's t-test (unequal variances, two-sided, via
-scipy); per (domain, task) cell the AUC and the logloss of each side and the difference. A row on one side
-only is shown with the other side missing.
+scipy); per (domain, task) cell the AUC and the logloss of each side and the difference. A
+row on one side only is shown with the other side missing.
 """
 
 from __future__ import annotations
