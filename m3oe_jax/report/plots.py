@@ -1,7 +1,10 @@
 """The report's figures (matplotlib, Agg backend; PNG files).
 
   per_pair_auc.png           test AUC per (domain, task), one bar per table row,
-                             error bars = std over seeds;
+                             error bars = std over seeds; with a reference, a hatched bar
+                             per reference row beside ours;
+  reference_auc.png          with a reference: the overall AUC of every row, ours (circle)
+                             and the reference's (square), mean ± std over seeds;
   validation_auc.png         validation mean AUC vs epoch, one line per row (per seed,
                              the mean over the row's (domain, task) pairs at that epoch,
                              pooled over its runs; then the mean over seeds);
@@ -22,7 +25,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
+from m3oe_jax.report import compare  # noqa: E402
 from m3oe_jax.report.collect import RunInfo  # noqa: E402
+from m3oe_jax.report.reference import Reference  # noqa: E402
 from m3oe_jax.report.tables import Table  # noqa: E402
 
 FUSION = ("bal_d", "bal_t", "exp_d", "exp_t")
@@ -35,25 +40,72 @@ def _save(fig, path: pathlib.Path) -> pathlib.Path:
   return path
 
 
-def per_pair_auc(table: Table, path: pathlib.Path) -> pathlib.Path | None:
-  rows = [r for r in table.rows if any(s.n for s in r.cells.values())]
-  if not rows or not table.pairs:
+def per_pair_auc(table: Table, path: pathlib.Path,
+                 comparisons: list[compare.Comparison] | None = None) -> pathlib.Path | None:
+  """Ours: plain bars; the reference's (when given): a hatched bar of the same colour beside
+  each row's own."""
+  bars = []  # (label, means, stds, hatch, colour index)
+  ours = {f"{r.model}-{r.kind}": r for r in table.rows if any(s.n for s in r.cells.values())}
+  theirs = {c.label: c for c in comparisons or []
+            if any(c.cells[p].theirs.n for p in table.pairs if p in c.cells)}
+  for i, label in enumerate(dict.fromkeys([*ours, *theirs])):
+    if label in ours:
+      row = ours[label]
+      bars.append((row.name, [row.cells[p].mean for p in table.pairs],
+                   [row.cells[p].std for p in table.pairs], None, i))
+    if label in theirs:
+      c = theirs[label]
+      stats = [c.cells[p].theirs if p in c.cells else None for p in table.pairs]
+      bars.append((f"{c.name} (reference)", [s.mean if s else None for s in stats],
+                   [s.std if s else None for s in stats], "//", i))
+  if not bars or not table.pairs:
     return None
+  palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   x = np.arange(len(table.pairs))
-  width = 0.8 / len(rows)
-  fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(table.pairs) + 0.25 * len(rows)), 4.5))
-  for i, row in enumerate(rows):
-    means = [np.nan if row.cells[p].mean is None else row.cells[p].mean for p in table.pairs]
-    stds = [0.0 if row.cells[p].std is None else row.cells[p].std for p in table.pairs]
-    ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=stds, capsize=2, label=row.name)
+  width = 0.8 / len(bars)
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(table.pairs) + 0.25 * len(bars)), 4.5))
+  for i, (label, means, stds, hatch, c) in enumerate(bars):
+    ax.bar(x - 0.4 + width * (i + 0.5), [np.nan if m is None else m for m in means], width,
+           yerr=[0.0 if s is None else s for s in stds], capsize=2, label=label,
+           color=palette[c % len(palette)], hatch=hatch,
+           edgecolor="black" if hatch else None, linewidth=0.4 if hatch else 0)
   ax.set_xticks(x, table.columns)
-  finite = [row.cells[p].mean for row in rows for p in table.pairs
-            if row.cells[p].mean is not None]
+  finite = [m for _, means, _, _, _ in bars for m in means if m is not None]
   if finite:
     ax.set_ylim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.03))
   ax.set_ylabel("test AUC")
-  ax.set_title("Test AUC per (domain, task); error bars: std over seeds")
+  ax.set_title("Test AUC per (domain, task); error bars: std over seeds"
+               + ("; hatched: the reference" if comparisons else ""))
   ax.legend(fontsize=7, ncol=2)
+  return _save(fig, path)
+
+
+def reference_auc(comparisons: list[compare.Comparison], ref: Reference,
+                  path: pathlib.Path) -> pathlib.Path | None:
+  """Overall AUC per row: ours and the reference's, mean ± std over seeds; a row missing on a
+  side has no marker there."""
+  if not comparisons:
+    return None
+  fig, ax = plt.subplots(figsize=(7, 0.45 * len(comparisons) + 1.8))
+  y = np.arange(len(comparisons))
+  drawn = False
+  for offset, side, marker, label in ((-0.12, "theirs", "s", ref.name),
+                                      (0.12, "ours", "o", "m3oe_jax")):
+    stats = [getattr(c.summary["AUC"], side) for c in comparisons]
+    keep = [i for i, s in enumerate(stats) if s.mean is not None]
+    if not keep:
+      continue
+    drawn = True
+    ax.errorbar([stats[i].mean for i in keep], y[keep] + offset,
+                xerr=[stats[i].std or 0.0 for i in keep], fmt=marker, capsize=3, label=label)
+  if not drawn:
+    plt.close(fig)
+    return None
+  ax.set_yticks(y, [c.name for c in comparisons])
+  ax.invert_yaxis()
+  ax.set_xlabel("overall test AUC (mean of the (domain, task) AUCs)")
+  ax.set_title(f"m3oe_jax beside {ref.name}: mean ± std over seeds")
+  ax.legend(fontsize=8)
   return _save(fig, path)
 
 
@@ -174,11 +226,15 @@ def m3oe_fusion(runs: list[RunInfo], kind: str, path: pathlib.Path) -> pathlib.P
   return _save(fig, path)
 
 
-def all_plots(table: Table, runs: list[RunInfo], out: pathlib.Path) -> list[pathlib.Path]:
+def all_plots(table: Table, runs: list[RunInfo], out: pathlib.Path,
+              ref: Reference | None = None,
+              comparisons: list[compare.Comparison] | None = None) -> list[pathlib.Path]:
   """Writes every figure that has data into `out`; returns their paths."""
   out.mkdir(parents=True, exist_ok=True)
-  written = [per_pair_auc(table, out / "per_pair_auc.png"),
+  written = [per_pair_auc(table, out / "per_pair_auc.png", comparisons),
              validation_auc(table, runs, out / "validation_auc.png")]
+  if ref is not None and comparisons:
+    written.append(reference_auc(comparisons, ref, out / "reference_auc.png"))
   for kind in dict.fromkeys(r.kind for r in runs if r.model == "m3oe"):
     written.append(m3oe_gates(table, runs, kind, out / f"m3oe_gates_{kind}.png"))
     written.append(m3oe_fusion(runs, kind, out / f"m3oe_fusion_{kind}.png"))

@@ -1,6 +1,7 @@
 """Writes the Table 2 report of a sweep (or of any run workdirs).
 
   python -m m3oe_jax.report --workdir=SWEEP_DIR [--workdir=MORE ...] [--out=DIR]
+      [--reference=FILE]
 
 Into --out (default: <first workdir>/report): `report.md` (run status, the table,
 M3oE's significance test, the paper's table for reference, the figures),
@@ -8,6 +9,9 @@ M3oE's significance test, the paper's table for reference, the figures),
 status), `report.json` and `plots/*.png`. The Markdown is also printed. A run whose
 metrics.json is another run's (rejected) or unreadable (invalid) is left out of
 the tables and named, in the report and on stderr, with why; the rest is reported.
+With --reference (a file in the format of `m3oe_jax/report/reference.py`, e.g. the authors'
+code's numbers that reproduce/side_by_side.py writes), each row is also put beside the
+reference's (`compare.py`): in report.md, in report.json and in the figures.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import os
 import pathlib
 import sys
 
-from m3oe_jax.report import paper, plots, tables
+from m3oe_jax.report import compare, paper, plots, reference, tables
 from m3oe_jax.report.collect import ReportError, RunInfo, collect, problems, status_counts
 
 
@@ -65,8 +69,12 @@ def _paper_section(data: str | None) -> str:
   return "\n".join(parts)
 
 
-def write_report(workdirs: list[str], out: str | None = None) -> dict:
-  """Collects the runs, writes every output; returns {"markdown", "table", "files"}."""
+def write_report(workdirs: list[str], out: str | None = None,
+                 reference_file: str | None = None) -> dict:
+  """Collects the runs, writes every output; returns {"markdown", "table", "files", ...}.
+  `reference_file`: a reference file to put beside the rows (read first, so a bad one stops
+  the report before anything is written)."""
+  ref = reference.load(reference_file) if reference_file else None
   runs, sweeps = collect(workdirs)
   out_dir = pathlib.Path(out) if out else pathlib.Path(workdirs[0]) / "report"
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +83,10 @@ def write_report(workdirs: list[str], out: str | None = None) -> dict:
       run.epochs()  # notes the lines of metrics.jsonl it skips
   warnings = problems(runs)
   table = tables.build_table(runs)
-  figures = plots.all_plots(table, runs, out_dir / "plots")
+  comparisons = compare.compare(table, ref) if ref else None
+  if ref:
+    warnings += compare.warnings(table, ref)
+  figures = plots.all_plots(table, runs, out_dir / "plots", ref, comparisons)
   sources = ", ".join(str(w) for w in workdirs)
   configs = ", ".join(s.get("config", "") for s in sweeps if s.get("config"))
   sections = [
@@ -88,8 +99,11 @@ def write_report(workdirs: list[str], out: str | None = None) -> dict:
   ]
   if table.warnings:
     sections += ["Warnings:"] + [f"- {w}" for w in table.warnings] + [""]
-  sections += ["## M3oE against the best baseline", "", tables.significance_markdown(table), "",
-               "## Figures", ""]
+  sections += ["## M3oE against the best baseline", "", tables.significance_markdown(table), ""]
+  if ref:
+    sections += [f"## Beside the reference: {ref.name}", "",
+                 compare.markdown(table, ref, comparisons), ""]
+  sections += ["## Figures", ""]
   sections += [f"![{p.stem}](plots/{p.name})" for p in figures] or ["(no data to plot)"]
   sections += ["", "## Reference: the paper's Table 2", "", _paper_section(table.data), ""]
   markdown = "\n".join(sections)
@@ -97,10 +111,14 @@ def write_report(workdirs: list[str], out: str | None = None) -> dict:
            "table2.tex": tables.latex(table), "runs.csv": runs_csv(runs),
            "report.json": json.dumps({"table": tables.as_dict(table),
                                       "runs": status_counts(runs),
-                                      "warnings": warnings}, indent=2)}
+                                      "warnings": warnings,
+                                      "reference": None if ref is None else {
+                                          "file": ref.path, "name": ref.name,
+                                          "rows": compare.as_dict(comparisons)}}, indent=2)}
   for name, text in files.items():
     (out_dir / name).write_text(text)
   return {"markdown": markdown, "table": table, "runs": runs, "out": out_dir,
+          "comparisons": comparisons,
           "warnings": warnings, "files": [out_dir / n for n in files] + figures}
 
 
@@ -113,9 +131,12 @@ def main(argv: list[str] | None = None) -> int:
                       "directory holding run workdirs; repeatable")
   parser.add_argument("--out", default=None, type=os.path.expanduser,
                       help="output directory (default: <first workdir>/report)")
+  parser.add_argument("--reference", default=None, type=os.path.expanduser,
+                      help="a reference file (m3oe_jax/report/reference.py, e.g. the authors' "
+                      "code's numbers from reproduce/side_by_side.py) to put beside each row")
   args = parser.parse_args(argv)
   try:
-    result = write_report(args.workdir, args.out)
+    result = write_report(args.workdir, args.out, args.reference)
   except ReportError as e:
     print(f"m3oe_jax.report: error: {e}", file=sys.stderr)
     return 2
