@@ -169,13 +169,15 @@ def prepare_files(d: Declaration, out_dir: str, *, scratch_dir: str | None = Non
     domain_of = {v: i for i, v in enumerate(domain_names)}
   split_of = {v: declaration.SPLIT_NAMES.index(s) for v, s in d.split.values}
   features = list(d.categorical)
+  starts = np.cumsum([0] + [c.max_values for c in features])
+  columns = [slice(a, b) for a, b in zip(starts[:-1], starts[1:])]
+  width = sum(c.max_values for c in features) + int(d.domain.as_feature)
   checks: dict[str, Any] = {}
   dropped = {"domain_outside_top_n": 0, "unmatched_side_rows": 0}
 
   def chunks() -> Iterator[prepare.Chunk]:
     for path, file_split in files:
-      columns = d.log_columns()
-      for first, batch in tables.batches(path, d.format, columns, chunk_rows):
+      for first, batch in tables.batches(path, d.format, d.log_columns(), chunk_rows):
         place = roles.Place(path, first, text[path])
         n = batch.num_rows
         keep = np.ones(n, bool)
@@ -193,18 +195,18 @@ def prepare_files(d: Declaration, out_dir: str, *, scratch_dir: str | None = Non
           keep &= matched
         labels = np.stack([roles.label(batch.column(t.column), t.column, t.rule,
                                        t.threshold, place) for t in d.tasks], axis=1)
-        sparse = []
-        for c in features:
+        sp = np.empty((n, width), np.int64)
+        for c, cols in zip(features, columns):
           if c.name in from_side:
             side = from_side[c.name]
             rows, found = matches[side.spec.name]
-            codes = side.columns[c.name][rows]
-            codes[~found] = encoders[c.name].none
+            sp[:, cols] = side.columns[c.name][rows]
+            if not found.all():
+              sp[~found, cols] = encoders[c.name].none
           else:
-            codes = encoders[c.name](batch.column(c.name))
-          sparse.append(codes)
+            sp[:, cols] = encoders[c.name](batch.column(c.name))
         if d.domain.as_feature:
-          sparse.append(domain[:, None])
+          sp[:, -1] = domain
         dense = np.zeros((n, len(d.dense)))
         for q, (c, kind) in enumerate(d.dense):
           if c in from_side:
@@ -222,13 +224,11 @@ def prepare_files(d: Declaration, out_dir: str, *, scratch_dir: str | None = Non
                                place, "config.data.files.split.values").astype(np.uint8)
         elif d.split.mode == "files":
           split = np.full(n, file_split, np.uint8)
-        k = np.flatnonzero(keep)
-        width = sum(c.max_values for c in features) + int(d.domain.as_feature)
-        sp = np.concatenate(sparse, axis=1) if sparse else np.zeros((n, width), np.int64)
+        k = slice(None) if keep.all() else np.flatnonzero(keep)
         yield prepare.Chunk(
             domain=domain[k].astype(np.int32), labels=labels[k], sparse=sp[k],
-            dense=dense[k], time=time[k], user=np.zeros(len(k), np.int64),
-            item=np.zeros(len(k), np.int64), split=None if split is None else split[k])
+            dense=dense[k], time=time[k], user=np.zeros(n, np.int64)[k],
+            item=np.zeros(n, np.int64)[k], split=None if split is None else split[k])
     checks.update(_findings(d, joined, encoders, dropped))
 
   sparse_defs = [prepare.FeatureDef(

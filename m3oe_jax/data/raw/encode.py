@@ -135,6 +135,31 @@ class _ValueCounts:
     return unique, np.bincount(inverse, weights=counts, minlength=len(unique)).astype(np.int64)
 
 
+class _CodeCounts:
+  """Counts of StringCoder codes (small non-negative ints), by bincount."""
+
+  def __init__(self):
+    self.counts = np.zeros(0, np.int64)
+
+  def add(self, codes: np.ndarray) -> None:
+    found = np.bincount(codes, minlength=len(self.counts))
+    found[:len(self.counts)] += self.counts
+    self.counts = found
+
+  def merged(self) -> tuple[np.ndarray, np.ndarray]:
+    values = np.flatnonzero(self.counts)
+    return values.astype(np.int64), self.counts[values]
+
+
+def code_table(vocabulary: np.ndarray) -> np.ndarray:
+  """For a 'coded' feature: the id of every code up to the largest in the
+  vocabulary, and OOV_ID for one past it (where larger codes and NO_VALUE go)."""
+  top = int(vocabulary.max()) + 1 if len(vocabulary) else 0
+  table = np.full(top + 1, OOV_ID, np.int32)
+  table[vocabulary] = np.arange(1, len(vocabulary) + 1, dtype=np.int32)
+  return table
+
+
 def collect_statistics(rows: Mapping[str, Any], part: np.ndarray, num_domains: int,
                        all_rows_vocabulary: bool, chunk: int,
                        features: Sequence[Any] | None = None) -> Statistics:
@@ -147,7 +172,8 @@ def collect_statistics(rows: Mapping[str, Any], part: np.ndarray, num_domains: i
   columns = feature_columns(features) if features[0] is not None else [
       slice(j, j + 1) for j in range(S)]
   D = num_domains
-  counted = [_ValueCounts() for _ in features]
+  counted = [_CodeCounts() if getattr(f, "kind", "int") == "coded" else _ValueCounts()
+             for f in features]
   dmin = np.full(Q, np.inf)
   dmax = np.full(Q, -np.inf)
   dsum, dsumsq, dcount = np.zeros(Q), np.zeros(Q), np.zeros(Q)
@@ -248,6 +274,8 @@ def encode_splits(rows: Mapping[str, Any], part: np.ndarray, sizes: Sequence[int
     }
   filled = [0, 0, 0]
   oov = np.zeros((3, len(features)), np.int64)
+  tables = [code_table(v) if getattr(f, "kind", "int") == "coded" else None
+            for f, v in zip(features, vocabs)]
   for s in row_slices(len(part), chunk):
     p = part[s]
     sp = np.asarray(rows["sparse"][s]).reshape(-1, S)
@@ -258,6 +286,12 @@ def encode_splits(rows: Mapping[str, Any], part: np.ndarray, sizes: Sequence[int
       raw = sp[:, cols]
       if kind == "hashed":
         ids[:, cols] = raw
+        continue
+      if kind == "coded":
+        table = tables[j]
+        coded = table[np.where((raw >= 0) & (raw < len(table)), raw, len(table) - 1)]
+        ids[:, cols] = coded
+        unknown[:, j] = ((coded == OOV_ID) & (raw != NO_VALUE)).sum(axis=1)
         continue
       pos, found = lookup_rows(vocabs[j], raw.ravel())
       ids[:, cols] = np.where(found, pos + 1, OOV_ID).reshape(raw.shape)
