@@ -108,7 +108,7 @@ class Declaration:
 
 
 def _field(path: str) -> str:
-  return f"config.data.files.{path}"
+  return f"config.data.files.{path}" if path else "config.data.files"
 
 
 def _plain(value: Any) -> Any:

@@ -161,7 +161,8 @@ def times(col, column: str, place: Place) -> np.ndarray:
         i = _first_failure(a, convert)
         raise RawDataError(f"{place.at(i, column)}: {a[i].as_py()!r} is not a time (a "
                            "number, or an ISO 8601 date or timestamp)") from None
-  return np.floor(numbers(a, column, place, "the time")).astype(np.int64)
+  return np.floor(numbers(a, column, place, "the time: a number, or an ISO 8601 date or "
+                                          "timestamp")).astype(np.int64)
 
 
 class CategoricalEncoder:
