@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from m3oe_jax.data.raw import RawDataError, hashing, tables
-from m3oe_jax.data.raw.encode import NO_VALUE, StringCoder
+from m3oe_jax.data.raw.encode import NO_VALUE, ArrowStringCoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,17 +175,17 @@ class CategoricalEncoder:
   def __init__(self, mode: str, buckets: int = 0, separator: str = "", max_values: int = 1):
     self.mode, self.buckets = mode, buckets
     self.separator, self.max_values = separator, max_values
-    self.coder = StringCoder() if mode == "train" else None
+    self.coder = ArrowStringCoder() if mode == "train" else None
     self.none = NO_VALUE if mode == "train" else 0
     self.truncated_rows = 0
 
   def _codes(self, a: pa.Array) -> np.ndarray:
     enc = a.dictionary_encode()
-    words = enc.dictionary.to_pylist()
     if self.coder is not None:
-      table = np.array([self.coder.code(w) for w in words] + [self.none], np.int64)
+      table = np.append(self.coder.codes(enc.dictionary), self.none)
     else:
-      table = np.append(hashing.hashed_ids(words, self.buckets), self.none)
+      table = np.append(hashing.hashed_ids(enc.dictionary.to_pylist(), self.buckets),
+                        self.none)
     return table[enc.indices.fill_null(len(table) - 1).to_numpy(zero_copy_only=False)]
 
   def __call__(self, col) -> np.ndarray:
