@@ -99,6 +99,9 @@ CONFIG_CASES = {
     "domain": ({"domain": {"column": "scene"}}, r"config\.data\.files\.domain: give exactly"),
     "split": ({"split": {"mode": "column"}}, r"config\.data\.files\.split\.column"),
     "unknown": ({"labels": {}}, r"config\.data\.files: unknown field\(s\) \['labels'\]"),
+    "side_column_no_feature": ({"dense": {"price": "minmax"}},
+                               r"columns \['age'\] are taken from a side table but declared "
+                               "as no feature"),
 }
 
 

@@ -153,10 +153,7 @@ def prepare_files(d: Declaration, out_dir: str, *, scratch_dir: str | None = Non
   def side_converter(column):
     if column in encoders:
       return lambda col, _c, _p: encoders[column](col)
-    if column in scaling:
-      return lambda col, c, place: roles.dense(col, c, scaling[column], place)
-    raise RawDataError(f"config.data.files.side_tables: column {column!r} is taken from a "
-                       "side table but declared as no feature")
+    return lambda col, c, place: roles.dense(col, c, scaling[column], place)
 
   joined = [side_tables.load(t, {c: side_converter(c) for c in t.columns}, chunk_rows)
             for t in d.side_tables]

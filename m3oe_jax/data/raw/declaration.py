@@ -343,6 +343,10 @@ def parse(files: Any) -> Declaration:
   if twice:
     raise ConfigError(f"{_field('side_tables')}: columns {twice} are taken from several "
                       "tables")
+  undeclared = sorted(set(taken) - set(names))
+  if undeclared:
+    raise ConfigError(f"{_field('side_tables')}: columns {undeclared} are taken from a side "
+                      "table but declared as no feature (categorical, multi_valued or dense)")
   tasks = _tasks(d)
   split = _split(d)
   log_only = [domain.column] + [t.column for t in tasks] + (
