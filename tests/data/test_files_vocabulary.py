@@ -93,3 +93,45 @@ def test_formats_read_the_same_rows(tmp_path, fmt):
     for key in ("sparse", "dense", "domain", "labels"):
       np.testing.assert_array_equal(other.splits[split].columns[key],
                                     base.splits[split].columns[key], err_msg=f"{split} {key}")
+
+
+SHARDED_RUN = """
+import json, sys
+import jax, numpy as np
+from configs import files
+from m3oe_jax import sharding
+from m3oe_jax.data import load_dataset
+from m3oe_jax.trainer import Trainer
+
+losses = {}
+for data, model, axis in ((1, 1, ""), (2, 2, "model"), (4, 1, "data")):
+  config = files.get_config("hashed")
+  config.data.data_dir = sys.argv[1]
+  config.model.embed_rows_multiple = 4
+  config.mesh.update(dict(data=data, model=model, embedding_axis=axis))
+  dataset = load_dataset(config.data)
+  trainer = Trainer(config, dataset, sharding.make_mesh(config.mesh, jax.devices()[:data * model]))
+  state = trainer.initial_state(config.seed)
+  table = state.params["embedding"]["user_id"]
+  shards = sorted({s.data.shape[0] for s in table.addressable_shards})
+  rows = table.shape[0]
+  state, out = trainer.model_step(state, trainer.train_batch(0))
+  losses[f"{data}x{model}"] = [float(out["loss"]), rows, shards]
+print(json.dumps(losses))
+"""
+
+
+def test_hashed_tables_row_shard_over_a_mesh(tmp_path):
+  """Hashed tables (513 ids, padded to 516 rows) sharded by rows over 'model'
+  or 'data' give the loss of one device."""
+  import json  # pylint: disable=g-import-not-at-top
+  from tests.helpers import cpu_env  # pylint: disable=g-import-not-at-top
+  out = subprocess.run([sys.executable, "-c", SHARDED_RUN, str(tmp_path / "tfds")],
+                       capture_output=True, text=True, cwd=REPO, timeout=600,
+                       env={**cpu_env(4), "PYTHONPATH": str(REPO)})
+  assert out.returncode == 0, out.stderr[-3000:]
+  losses = json.loads(out.stdout.strip().splitlines()[-1])
+  assert losses["1x1"][1] == 516 and losses["1x1"][2] == [516]
+  assert losses["2x2"][2] == [258] and losses["4x1"][2] == [129]  # rows split
+  for mesh in ("2x2", "4x1"):
+    np.testing.assert_allclose(losses[mesh][0], losses["1x1"][0], rtol=1e-4)
