@@ -51,6 +51,11 @@ CASES = {
             7, "price", pa.array([[1]] * fh.ROWS)), str(raw / "logs.parquet")),
                      {"logs": str(raw / "logs.parquet")})[1], RawDataError,
         [r"logs\.parquet, column 'price': type list<\w+: int64> cannot be read as a number"]),
+    "parquet_nested_category": (
+        lambda raw: (pq.write_table(fh.log_table().set_column(
+            2, "item", pa.array([{"a": 1}] * fh.ROWS)), str(raw / "logs.parquet")),
+                     {"logs": str(raw / "logs.parquet")})[1], RawDataError,
+        [r"logs\.parquet, column 'item': type struct<a: int64> cannot be read"]),
     "duplicate_side_key": (
         lambda raw: (pa_csv.write_csv(pa.concat_tables([fh.users_table(), fh.users_table()
                                                         .slice(1, 1)]),

@@ -116,10 +116,7 @@ def _check_headers(d: Declaration, files: list[tuple[str, int | None]]) -> dict[
                                 or pa.types.is_string(t) or pa.types.is_large_string(t)):
         raise RawDataError(f"{path}, column {column!r}: type {t} cannot be read as a "
                            f"number ({what})")
-    if d.split.mode == "temporal":
-      t = head.types[d.split.column]
-      if pa.types.is_nested(t) or pa.types.is_binary(t):
-        raise RawDataError(f"{path}, column {d.split.column!r}: type {t} is not a time")
+    tables.refuse_nested(path, head, needed)
     text[path] = head.text
   return text
 

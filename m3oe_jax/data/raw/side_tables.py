@@ -68,6 +68,7 @@ def load(spec: SideTable, convert: Mapping[str, Converter], chunk_rows: int) -> 
     if missing:
       raise RawDataError(f"{path}, column {missing[0]!r}: missing from side table "
                          f"{spec.name!r} (its columns: {list(head.names)})")
+    tables.refuse_nested(path, head, wanted)
     for first, batch in tables.batches(path, spec.format, wanted, chunk_rows):
       place = roles.Place(path, first, head.text)
       key = joined_key(batch, spec.key)

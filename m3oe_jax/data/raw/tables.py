@@ -120,6 +120,16 @@ def header(path: str, declared: str) -> Header:
   return Header(names, {n: pa.string() for n in names}, True)
 
 
+def refuse_nested(path: str, head: Header, columns: Sequence[str]) -> None:
+  """Refuses a Parquet column of a nested type (a list, struct or map), which
+  no role reads."""
+  for c in columns:
+    t = head.types.get(c)
+    if t is not None and pa.types.is_nested(t):
+      raise RawDataError(f"{path}, column {c!r}: type {t} cannot be read (a number or "
+                         "text is expected)")
+
+
 def batches(path: str, declared: str, columns: Sequence[str], rows: int
             ) -> Iterator[tuple[int, pa.Table]]:
   """(number of the first row, table of `columns`) per record batch of about
