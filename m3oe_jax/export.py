@@ -15,7 +15,9 @@ folder only these two files are replaced):
                        probs = exp.call({'sparse': ..., 'dense': ..., 'domain': ...})
 
   schema.json        what turns raw rows into that batch: per sparse feature its
-                     vocabulary (raw value -> model id) and out-of-vocabulary id,
+                     mode and vocabulary (raw value -> model id) and
+                     out-of-vocabulary id, or its hash (mode 'hash': no
+                     vocabulary), and its columns (several for a multi-valued one),
                      per dense feature its transform and min-max scaling, the
                      domain and task names (model domain id = position), the
                      input and output shapes, and the feature schema itself.
@@ -70,7 +72,7 @@ def export_predict(model, variables, schema, platforms: tuple[str, ...] | None =
   import jax  # pylint: disable=g-import-not-at-top
   b, = jax.export.symbolic_shape("b")
   spec = {
-      "sparse": jax.ShapeDtypeStruct((b, schema.num_sparse), np.int32),
+      "sparse": jax.ShapeDtypeStruct((b, schema.sparse_width), np.int32),
       "dense": jax.ShapeDtypeStruct((b, schema.num_dense), np.float32),
       "domain": jax.ShapeDtypeStruct((b,), np.int32),
   }
@@ -101,7 +103,10 @@ def read_vocabularies(config, schema, data_dir: str | None = None) -> dict[str, 
   """{feature: raw values}, model id of values[i] being i + 1, from the prepared data."""
   path = _vocab_dir(config, data_dir)
   vocabs = {}
+  modes = schema.source.get("sparse_vocabularies") or {}
   for name, size in zip(schema.sparse_names, schema.vocab_sizes):
+    if (modes.get(name) or {}).get("mode") == "hash":
+      continue  # hashed: no vocabulary, serving hashes the value
     file = os.path.join(path, name + ".npy")
     if not os.path.exists(file):
       raise FileNotFoundError(
@@ -131,8 +136,8 @@ def serving_schema(config, schema, *, which: str, step: int | None,
       "model": config.model.name,
       "checkpoint": {"which": which, "step": step},
       "inputs": {
-          "sparse": {"dtype": "int32", "shape": [b, schema.num_sparse],
-                     "columns": list(schema.sparse_names)},
+          "sparse": {"dtype": "int32", "shape": [b, schema.sparse_width],
+                     "columns": list(schema.sparse_columns)},
           "dense": {"dtype": "float32", "shape": [b, schema.num_dense],
                     "columns": list(schema.dense_names)},
           "domain": {"dtype": "int32", "shape": [b], "values": list(schema.domain_names)},
@@ -164,20 +169,38 @@ def serving_schema(config, schema, *, which: str, step: int | None,
                  "in it gets the feature's oov_id. Dense: x -> (transform(x) - min) / span "
                  "with span = max - min (1 where max == min)")
   out["oov_id"] = oov
-  out["sparse_features"] = [
-      {"name": n, "vocab_size": int(v), "oov_id": oov,
-       "value_kind": "str" if vocabs[n].dtype.kind in "US" else "int",
-       "vocabulary": {_raw_key(x): i + 1 for i, x in enumerate(vocabs[n].tolist())}}
-      for n, v in zip(schema.sparse_names, schema.vocab_sizes)]
-  transform = _dense_transform(str(source.get("dataset", config.data.name)))
-  dense = []
-  for n in schema.dense_names:
-    lo, hi = float(source["dense_min"][n]), float(source["dense_max"][n])
-    dense.append({"name": n, "transform": transform,
-                  "scaling": {"kind": "min_max", "min": lo, "max": hi,
-                              "span": hi - lo if hi > lo else 1.0}})
-  out["dense_features"] = dense
+  modes = source.get("sparse_vocabularies") or {}
+  out["sparse_features"] = []
+  for n, v, width in zip(schema.sparse_names, schema.vocab_sizes, schema.widths):
+    mode = dict(modes.get(n) or {"mode": source.get("vocabulary", "train")})
+    feature = {"name": n, "vocab_size": int(v), "oov_id": oov, "width": int(width),
+               "mode": mode.pop("mode"), **mode}
+    if n in vocabs:
+      feature["value_kind"] = "str" if vocabs[n].dtype.kind in "US" else "int"
+      feature["vocabulary"] = {_raw_key(x): i + 1 for i, x in enumerate(vocabs[n].tolist())}
+    else:
+      feature["vocabulary"] = None
+    out["sparse_features"].append(feature)
+  out["dense_features"] = [_dense_feature(n, source, config) for n in schema.dense_names]
   return out
+
+
+def _dense_feature(name: str, source, config) -> dict[str, Any]:
+  """A dense feature's transform and scaling, as preparation recorded them."""
+  record = (source.get("dense_scaling") or {}).get(name)
+  if record is None:  # the paper datasets: min-max after a fixed transform
+    lo, hi = float(source["dense_min"][name]), float(source["dense_max"][name])
+    return {"name": name,
+            "transform": _dense_transform(str(source.get("dataset", config.data.name))),
+            "scaling": {"kind": "min_max", "min": lo, "max": hi,
+                        "span": hi - lo if hi > lo else 1.0}}
+  scaling = None
+  if record["scaling"] == "minmax":
+    scaling = {"kind": "min_max", "min": record["min"], "span": record["span"]}
+  elif record["scaling"] == "standard":
+    scaling = {"kind": "standard", "mean": record["mean"], "std": record["std"]}
+  return {"name": name, "transform": record.get("transform") or "identity",
+          "scaling": scaling, "missing": record.get("missing")}
 
 
 def encode_rows(serving: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -186,29 +209,50 @@ def encode_rows(serving: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str
   values get the OOV id. A sparse feature named 'domain' takes the row's
   'domain' (a name is turned into its prepared index). Uses numpy only, like a
   serving client would."""
-  sparse = np.zeros((len(rows), len(serving["sparse_features"])), np.int32)
-  for j, f in enumerate(serving["sparse_features"]):
+  widths = [f.get("width", 1) for f in serving["sparse_features"]]
+  sparse = np.zeros((len(rows), sum(widths)), np.int32)
+  first = 0
+  for f, width in zip(serving["sparse_features"], widths):
     for i, row in enumerate(rows):
       value = row[f["name"]]
       if f["name"] == "domain" and str(value) in serving.get("prepared_domains", ()):
         value = serving["prepared_domains"].index(str(value))  # a domain given by name
-      if f["vocabulary"] is None:
-        sparse[i, j] = int(value)
-      else:
-        sparse[i, j] = f["vocabulary"].get(_raw_key(value), f["oov_id"])
+      values = [value]
+      if width > 1:
+        values = value.split(f["separator"]) if isinstance(value, str) else list(value)
+        values = [v for v in values if v != ""][:width]
+      for k, v in enumerate(values):
+        sparse[i, first + k] = _model_id(f, v)
+    first += width
   dense = np.zeros((len(rows), len(serving["dense_features"])), np.float32)
   for j, f in enumerate(serving["dense_features"]):
     for i, row in enumerate(rows):
       x = float(row[f["name"]])
       if f["transform"] == "log1p_of_nonnegative":
         x = float(np.log1p(max(x, 0.0)))
-      if f["scaling"]:
+      elif f["transform"] == "log1p":
+        x = float(np.log1p(x))
+      if f["scaling"] and f["scaling"]["kind"] == "standard":
+        x = (x - f["scaling"]["mean"]) / f["scaling"]["std"]
+      elif f["scaling"]:
         x = (x - f["scaling"]["min"]) / f["scaling"]["span"]
       dense[i, j] = x
   domains = serving["domains"]
   domain = np.array([domains.index(str(r["domain"])) if str(r["domain"]) in domains
                      else int(r["domain"]) for r in rows], np.int32)
   return {"sparse": sparse, "dense": dense, "domain": domain}
+
+
+def _model_id(feature: dict[str, Any], value) -> int:
+  """A raw value's model id under its feature's mode; "" or None is no value."""
+  if feature.get("mode") == "hash":
+    if value is None or value == "":
+      return 0
+    from m3oe_jax.data.raw import hashing  # pylint: disable=g-import-not-at-top
+    return int(hashing.hashed_ids([_raw_key(value)], feature["buckets"])[0])
+  if feature["vocabulary"] is None:
+    return int(value)
+  return feature["vocabulary"].get(_raw_key(value), feature["oov_id"])
 
 
 def check_platforms(platforms: tuple[str, ...] | None) -> None:

@@ -318,3 +318,39 @@ def test_stream_array_fills_edge_chunks_and_hands_other_layouts_to_tensorstore()
     assert got.ctypes.data % 64 == 0 and not got.flags.writeable
     assert jax.device_put(got, jax.devices("cpu")[0], may_alias=True).unsafe_buffer_pointer() == (
         got.ctypes.data)
+
+
+def test_files_dataset_raw_rows_encode_as_prepared(tmp_path):
+  """Hashed, train-vocabulary, multi-valued and scaled dense features of the
+  files dataset: raw rows (joined with their side tables by hand) encode
+  through schema.json to the prepared rows."""
+  import pyarrow.csv as pa_csv  # pylint: disable=g-import-not-at-top
+  from configs import files as files_config  # pylint: disable=g-import-not-at-top
+  config = files_config.get_config("hashed")
+  config.data.data_dir = str(tmp_path / "tfds")
+  workdir, out = tmp_path / "run", tmp_path / "export"
+  _, _, dataset = _saved_run(config, workdir)
+  paths = export.export_checkpoint(str(workdir), str(out))
+  serving = json.loads(pathlib.Path(paths["schema"]).read_text())
+  features = {f["name"]: f for f in serving["sparse_features"]}
+  assert features["user_id"]["mode"] == "hash" and features["user_id"]["vocabulary"] is None
+  assert features["tags"]["width"] == 4 and features["tags"]["separator"] == "|"
+  assert serving["inputs"]["sparse"]["shape"][1] == dataset.schema.sparse_width
+  folder = files_config.TESTDATA
+  logs = pa_csv.read_csv(folder / "impressions.csv").slice(0, 8).to_pylist()
+  users = {r["user_id"]: r for r in pa_csv.read_csv(folder / "users.csv").to_pylist()}
+  items = {r["item_id"]: r for r in pa_csv.read_csv(folder / "items.csv").to_pylist()}
+  rows = []
+  for r in logs:
+    row = {**r, **items[r["item_id"]], "domain": r["scenario"]}
+    user = users.get(r["user_id"], {"age": None, "gender": "", "city": "",
+                                    "interests": ""})
+    row.update({k: v for k, v in user.items() if k != "user_id"})
+    rows.append(row)
+  train = dataset.splits["train"].take(np.arange(8))
+  known = [i for i, r in enumerate(rows) if r["age"] is not None]
+  rows = [rows[i] for i in known]
+  encoded = export.encode_rows(serving, rows)
+  np.testing.assert_array_equal(encoded["sparse"], train["sparse"][known])
+  np.testing.assert_array_equal(encoded["domain"], train["domain"][known])
+  np.testing.assert_allclose(encoded["dense"], train["dense"][known], rtol=1e-5, atol=1e-6)

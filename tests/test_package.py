@@ -38,7 +38,10 @@ def test_a_wheel_trains_the_tiny_offline_config_outside_the_checkout(tmp_path):
   names = set(zipfile.ZipFile(wheel).namelist())
   for shipped in ("m3oe_jax/configs/movielens.py", "m3oe_jax/configs/sweeps/table2.py",
                   "m3oe_jax/data/testdata/ml-1m-tiny.zip",
-                  "m3oe_jax/data/testdata/KuaiRand-Pure-tiny.tar.gz"):
+                  "m3oe_jax/data/testdata/KuaiRand-Pure-tiny.tar.gz",
+                  "m3oe_jax/configs/files.py", "m3oe_jax/data/testdata/files/impressions.csv",
+                  "m3oe_jax/data/testdata/files/users.csv",
+                  "m3oe_jax/data/testdata/files/items.csv"):
     assert shipped in names, shipped
 
   venv = tmp_path / "venv"
@@ -58,3 +61,9 @@ def test_a_wheel_trains_the_tiny_offline_config_outside_the_checkout(tmp_path):
       cwd=outside, env=ENV, capture_output=True, text=True, timeout=600)
   assert trained.returncode == 0, trained.stderr[-3000:]
   assert (outside / "run" / "metrics.json").exists()
+  prepared = subprocess.run(
+      [python, "-m", "m3oe_jax.data.prepared", "--config=configs/files.py", "--verify",
+       f"--config.data.data_dir={tmp_path / 'data'}"],
+      cwd=outside, env=ENV, capture_output=True, text=True, timeout=600)
+  assert prepared.returncode == 0, prepared.stderr[-3000:]
+  assert "CRC-32 match" in prepared.stdout

@@ -71,7 +71,7 @@ def read_schema(path: str, folder: str) -> FeatureSchema:
 
 def expected_columns(schema: FeatureSchema, rows: int) -> dict[str, tuple[np.dtype, tuple]]:
   """dtype and shape of each columnar file of a split of `rows` rows."""
-  return {"sparse": (np.dtype(np.int32), (rows, schema.num_sparse)),
+  return {"sparse": (np.dtype(np.int32), (rows, schema.sparse_width)),
           "dense": (np.dtype(np.float32), (rows, schema.num_dense)),
           "domain": (np.dtype(np.int32), (rows,)),
           "labels": (np.dtype(np.float32), (rows, schema.num_tasks))}
@@ -114,7 +114,8 @@ def check_values(columns: Mapping[str, np.ndarray], schema: FeatureSchema,
   CHECK_ROWS rows.
   """
   n = len(columns["domain"])
-  vocab = np.asarray(schema.vocab_sizes, np.uint32)
+  vocab = np.repeat(np.asarray(schema.vocab_sizes, np.uint32), schema.widths)
+  column_names = schema.sparse_columns
   for start in range(0, n, CHECK_ROWS):
     block = slice(start, min(start + CHECK_ROWS, n))
     row = lambda i: int(rows[block][i]) if rows is not None else block.start + int(i)
@@ -126,7 +127,7 @@ def check_values(columns: Mapping[str, np.ndarray], schema: FeatureSchema,
         j = int(over[0])
         i = int(np.flatnonzero(ids[:, j].view(np.uint32) >= vocab[j])[0])
         raise damaged(where("sparse"), f"row {row(i)}, feature "
-                      f"{schema.sparse_names[j]!r}: id {int(ids[i, j])} is outside its "
+                      f"{column_names[j]!r}: id {int(ids[i, j])} is outside its "
                       f"vocabulary 0..{int(vocab[j]) - 1}", folder)
     domain = np.asarray(columns["domain"][block])
     if len(domain) and domain.view(np.uint32).max() >= schema.num_domains:

@@ -249,7 +249,7 @@ def read_split_from_tfds(builder, split: str, batch: int = 64) -> dict[str, np.n
   else:
     cols["dense"] = np.zeros((n, schema.num_dense), np.float32)
   if not blocks:
-    cols = {"sparse": np.zeros((0, schema.num_sparse), np.int32),
+    cols = {"sparse": np.zeros((0, schema.sparse_width), np.int32),
             "dense": np.zeros((0, schema.num_dense), np.float32),
             "domain": np.zeros((0,), np.int32),
             "labels": np.zeros((0, schema.num_tasks), np.float32)}

@@ -1,7 +1,9 @@
 """The feature schema every dataset records and every model and checkpoint reads.
 
 A batch (see `pipeline.py`) is a dict of arrays:
-  sparse  int32   [B, S]  ids, one column per `sparse_names` entry, each in [0, vocab)
+  sparse  int32   [B, W]  ids, `sparse_widths[k]` columns per `sparse_names` entry
+                          (one, or the slots of a multi-valued feature), each in
+                          [0, vocab); W = `sparse_width`
   dense   float32 [B, Q]  one column per `dense_names` entry
   domain  int32   [B]     in [0, len(domain_names))
   labels  float32 [B, T]  in {0, 1}, one column per `task_names` entry
@@ -32,6 +34,9 @@ class FeatureSchema:
   domain_names: tuple[str, ...]
   task_names: tuple[str, ...]
   source: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  # Columns per sparse feature: 1, or the slots of a multi-valued feature (ids
+  # mean-pooled by the model, id 0 meaning "no value"). Empty: one each.
+  sparse_widths: tuple[int, ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, "sparse_names", tuple(self.sparse_names))
@@ -39,6 +44,13 @@ class FeatureSchema:
     object.__setattr__(self, "dense_names", tuple(self.dense_names))
     object.__setattr__(self, "domain_names", tuple(str(d) for d in self.domain_names))
     object.__setattr__(self, "task_names", tuple(self.task_names))
+    widths = tuple(int(w) for w in self.sparse_widths)
+    object.__setattr__(self, "sparse_widths", () if all(w == 1 for w in widths) else widths)
+    if widths and len(widths) != len(self.sparse_names):
+      raise ValueError(f"schema: {len(self.sparse_names)} sparse_names but "
+                       f"{len(widths)} sparse_widths")
+    if any(w < 1 for w in widths):
+      raise ValueError(f"schema: sparse_widths {widths} must be >= 1")
     if len(self.sparse_names) != len(self.vocab_sizes):
       raise ValueError(
           f"schema: {len(self.sparse_names)} sparse_names but "
@@ -66,18 +78,38 @@ class FeatureSchema:
     return len(self.sparse_names)
 
   @property
+  def widths(self) -> tuple[int, ...]:
+    """Columns of `sparse` per sparse feature."""
+    return self.sparse_widths or (1,) * self.num_sparse
+
+  @property
+  def sparse_width(self) -> int:
+    """Columns of the `sparse` array."""
+    return sum(self.widths)
+
+  @property
+  def sparse_columns(self) -> tuple[str, ...]:
+    """A name per column of `sparse`: the feature's, or `name[i]` for slot i of
+    a multi-valued feature."""
+    return tuple(n if w == 1 else f"{n}[{i}]"
+                 for n, w in zip(self.sparse_names, self.widths) for i in range(w))
+
+  @property
   def num_dense(self) -> int:
     return len(self.dense_names)
 
   def model_signature(self) -> dict[str, Any]:
     """The part of the schema a trained model depends on (not provenance)."""
-    return {
+    signature = {
         "sparse_names": list(self.sparse_names),
         "vocab_sizes": list(self.vocab_sizes),
         "dense_names": list(self.dense_names),
         "domain_names": list(self.domain_names),
         "task_names": list(self.task_names),
     }
+    if self.sparse_widths:  # absent when every feature has one column, as before
+      signature["sparse_widths"] = list(self.sparse_widths)
+    return signature
 
   def to_dict(self) -> dict[str, Any]:
     return {**self.model_signature(), "source": dict(self.source)}
@@ -91,6 +123,7 @@ class FeatureSchema:
         domain_names=d["domain_names"],
         task_names=d["task_names"],
         source=d.get("source", {}),
+        sparse_widths=tuple(d.get("sparse_widths", ())),
     )
 
   def to_json(self) -> str:
@@ -107,7 +140,7 @@ class FeatureSchema:
       raise ValueError(f"{where}: missing columns {missing}")
     n = len(columns["domain"])
     expected = {
-        "sparse": (n, self.num_sparse),
+        "sparse": (n, self.sparse_width),
         "dense": (n, self.num_dense),
         "domain": (n,),
         "labels": (n, self.num_tasks),

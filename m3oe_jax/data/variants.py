@@ -162,7 +162,7 @@ def select(dataset: Dataset, domains: Sequence = (), tasks: Sequence = (),
   subset_schema = FeatureSchema(
       sparse_names=schema.sparse_names, vocab_sizes=schema.vocab_sizes,
       dense_names=schema.dense_names, domain_names=tuple(variant["domains"]),
-      task_names=tuple(variant["tasks"]),
+      task_names=tuple(variant["tasks"]), sparse_widths=schema.sparse_widths,
       source={**schema.source, "variant": variant,
               "variant_rows": {name: len(s) for name, s in splits.items()}})
   return Dataset(schema=subset_schema, splits=splits, true_probs=true_probs)

@@ -94,14 +94,14 @@ def build_model(config: ml_collections.ConfigDict, schema: FeatureSchema) -> Ran
   cls = model_class(config.name)
   model = cls(feature_names=tuple(schema.sparse_names), vocab_sizes=tuple(schema.vocab_sizes),
               num_domains=schema.num_domains, num_tasks=schema.num_tasks,
-              **_model_fields(config, cls))
+              sparse_widths=tuple(schema.sparse_widths), **_model_fields(config, cls))
   model.validate()
   return model
 
 
 def dummy_batch(schema: FeatureSchema, batch_size: int = 2) -> dict[str, np.ndarray]:
   return {
-      "sparse": np.zeros((batch_size, schema.num_sparse), np.int32),
+      "sparse": np.zeros((batch_size, schema.sparse_width), np.int32),
       "dense": np.zeros((batch_size, schema.num_dense), np.float32),
       "domain": np.zeros((batch_size,), np.int32),
       "mask": np.ones((batch_size,), np.float32),

@@ -6,7 +6,8 @@ A model is a Flax module, a subclass of `RankingModel`, called as
 
 with `variables = {'params': ...}` plus `'batch_stats'` for models with
 BatchNorm (in train mode pass `mutable=['batch_stats']`), and a batch dict of
-`sparse` [B, S] int ids, `dense` [B, Q] floats, `domain` [B] ids and, optionally,
+`sparse` [B, W] int ids (one column per sparse feature, or several for a
+multi-valued one: `sparse_widths`, pooled by the shared `Embeddings`), `dense` [B, Q] floats, `domain` [B] ids and, optionally,
 `mask` [B] (1 for real rows, 0 for padding; BatchNorm statistics skip padding).
 
 It returns `logits` [B, T], each example scored by its own domain's heads, and
@@ -49,7 +50,7 @@ from m3oe_jax.errors import ConfigError, is_number, is_whole
 from m3oe_jax.models.layers import Embeddings
 
 # Fields every model takes, filled from the dataset's schema...
-DATA_FIELDS = ("feature_names", "vocab_sizes", "num_domains", "num_tasks")
+DATA_FIELDS = ("feature_names", "vocab_sizes", "num_domains", "num_tasks", "sparse_widths")
 # ... and from the shared part of `config.model`.
 SHARED_FIELDS = ("embed_dim", "embed_init_std", "embed_rows_multiple", "dtype")
 # `config.model.dtype` -> the compute dtype.
@@ -77,6 +78,8 @@ class RankingModel(nn.Module):
   embed_init_std: float = 1e-4
   embed_rows_multiple: int = 1
   dtype: str = "float32"
+  # Columns of `sparse` per feature (the schema's); empty: one each.
+  sparse_widths: Sequence[int] = ()
 
   # The model's name in the registry and its config section, `config.model.<NAME>`.
   NAME: ClassVar[str] = ""
@@ -95,7 +98,7 @@ class RankingModel(nn.Module):
     assign it to `self.embedding`."""
     return Embeddings(self.feature_names, self.vocab_sizes, self.embed_dim,
                       self.embed_init_std, self.embed_rows_multiple,
-                      dtype=self.compute_dtype, **kwargs)
+                      dtype=self.compute_dtype, widths=tuple(self.sparse_widths), **kwargs)
 
   def embed(self, batch):
     """x = concat(table lookups, dense values) [B, F], from a compact `__call__`."""

@@ -211,6 +211,11 @@ def padded_rows(vocab: int, multiple: int) -> int:
 class Embeddings(nn.Module):
   """One table per sparse feature; concatenates the looked-up rows and dense values.
 
+  A feature reads `widths[k]` columns of `sparse` (one, unless it is
+  multi-valued; empty `widths`: one each). A multi-valued feature's embedding
+  is the mean of the rows of its non-zero ids (id 0, out of vocabulary, also
+  fills the unused slots); with no such id it is row 0.
+
   A table has `padded_rows(vocab, rows_multiple)` rows so that it can be split
   evenly over a mesh axis. The rows past the vocabulary start at zero and are
   never looked up, so their gradient, Adam update and weight decay are all zero:
@@ -222,20 +227,33 @@ class Embeddings(nn.Module):
   init_std: float
   rows_multiple: int = 1
   dtype: jnp.dtype = jnp.float32  # of the output; the tables stay float32
+  widths: Sequence[int] = ()
 
   @nn.compact
   def __call__(self, sparse: jax.Array, dense: jax.Array) -> jax.Array:
     normal = nn.initializers.normal(self.init_std)
+    widths = tuple(self.widths) or (1,) * len(self.feature_names)
     columns = []
-    for k, (name, vocab) in enumerate(zip(self.feature_names, self.vocab_sizes)):
+    first = 0
+    for name, vocab, width in zip(self.feature_names, self.vocab_sizes, widths):
 
       def init(key, shape, vocab=vocab):
         return jnp.pad(normal(key, (vocab, shape[1])), ((0, shape[0] - vocab), (0, 0)))
 
       rows = padded_rows(vocab, self.rows_multiple)
       table = self.param(name, init, (rows, self.embed_dim))
-      ids = sparse[:, k] if rows == vocab else jnp.minimum(sparse[:, k], vocab - 1)
-      columns.append(jnp.take(table, ids, axis=0, mode="clip"))
+      ids = sparse[:, first:first + width]
+      first += width
+      if rows != vocab:
+        ids = jnp.minimum(ids, vocab - 1)
+      looked_up = jnp.take(table, ids, axis=0, mode="clip")                  # [B, w, e]
+      if width == 1:
+        columns.append(looked_up[:, 0])
+        continue
+      present = (ids != 0).astype(looked_up.dtype)[..., None]                 # [B, w, 1]
+      count = jnp.sum(present, axis=1)                                        # [B, 1]
+      pooled = jnp.sum(looked_up * present, axis=1) / jnp.maximum(count, 1.0)
+      columns.append(jnp.where(count > 0, pooled, looked_up[:, 0]))
     return jnp.concatenate(columns + [at_least_float32(dense)], axis=-1).astype(self.dtype)
 
 

@@ -3,7 +3,8 @@
 A dataset module makes its data in one of two ways:
   * in memory (`synthetic`): it defines `check_config(data_config)` and
     `load(data_config) -> Dataset`;
-  * prepared once from raw files (`movielens`, `kuairand`): it defines
+  * prepared once from raw files (`movielens`, `kuairand`, `files`: the user's
+    own logs, declared in `config.data.files`): it defines
     `BUILDER`, its TFDS builder class (a `raw.builder.RawTableBuilder`),
     `DEFAULT_SETTINGS` and `make_config(**settings)`, which validates them;
     `data/prepared.py` checks, prepares and loads it.
@@ -22,6 +23,7 @@ DATASETS = {
     "synthetic": "m3oe_jax.data.datasets.synthetic",
     "kuairand": "m3oe_jax.data.datasets.kuairand",
     "movielens": "m3oe_jax.data.datasets.movielens",
+    "files": "m3oe_jax.data.datasets.files",
 }
 
 

@@ -1,7 +1,7 @@
 """Preparing a dataset from its raw files, without ever holding them in memory.
 
-The dataset modules (`data/datasets/movielens.py`, `kuairand.py`) know only
-their formats; this package does everything else:
+The dataset modules (`data/datasets/movielens.py`, `kuairand.py`, `files.py`)
+know only their formats; this package does everything else:
 
   settings.py  the preparation settings' checks and their hash
   sources.py   finding the raw archive or folder, checksums, download reachability
@@ -11,7 +11,15 @@ their formats; this package does everything else:
   splits.py    temporal, random and file-order splits
   prepare.py   `prepare()`: ingest, split, statistics, encode, in named stages
   lock.py      one preparation per dataset folder, and what a dead one left
-  builder.py   the TFDS builder both datasets share (the package's only TFDS import)
+  builder.py   the TFDS builder the datasets share (the package's only TFDS import)
+
+and, for the files dataset (`config.data.files`, the user's own logs):
+
+  declaration.py  the declaration checked into dataclasses
+  tables.py       globs, formats (CSV, TSV, Parquet, gzip), record batches
+  roles.py        a column converted by its role, bad values named by row
+  side_tables.py  side tables joined to log rows by key
+  hashing.py      the stable hash of hashed vocabularies
 
 Errors about the raw input are the two classes below, which name the file, the
 line and the column, or what to download and where to put it.

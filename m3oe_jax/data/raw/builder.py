@@ -1,4 +1,4 @@
-"""The TFDS builder the raw datasets share: the package's only TFDS import.
+"""The TFDS builder the prepared datasets share: the package's only TFDS import.
 
 `RawTableBuilder` prepares a dataset once (TFDS `download_and_prepare`, by one
 process at a time per folder, after deleting what an interrupted one left):
@@ -172,13 +172,16 @@ class RawTableBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
   def settings(self) -> dict:
     return self.builder_config.settings
 
-  def _info(self):
+  def block_shape(self) -> tuple[int, int, int]:
+    """(sparse columns, dense features, tasks) of a row, from the settings."""
     s = self.settings
+    return len(s["sparse_features"]), len(s["dense_features"]), len(s["tasks"])
+
+  def _info(self):
     return _LocalDatasetInfo(
         builder=self,
         description=self.__doc__,
-        features=block_features(len(s["sparse_features"]), len(s["dense_features"]),
-                                len(s["tasks"])),
+        features=block_features(*self.block_shape()),
         homepage=self.HOMEPAGE,
         citation=self.CITATION,
         metadata=tfds.core.MetadataDict(),
@@ -191,7 +194,9 @@ class RawTableBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
   def prepare_into(self, source: RawSource, out_dir: str) -> dict[str, Any]:
     raise NotImplementedError
 
-  def _shard_iterators_per_split(self, dl_manager):
+  def find_source(self, dl_manager) -> RawSource | None:
+    """The raw archive or folder (verified, downloaded if need be); a dataset
+    that reads declared files instead returns None."""
     options = dataclasses.replace(self._source_options)
     if not options.manual_dir:
       options.manual_dir = os.fspath(
@@ -201,7 +206,10 @@ class RawTableBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
       check_reachable(url)
       return os.fspath(dl_manager.download(url))
 
-    source = resolve_source(self.archive_spec(), options, download_fn=download)
+    return resolve_source(self.archive_spec(), options, download_fn=download)
+
+  def _shard_iterators_per_split(self, dl_manager):
+    source = self.find_source(dl_manager)
     out_dir = os.fspath(self.data_dir)  # TFDS's incomplete.* directory while preparing
     meta = self.prepare_into(source, out_dir)
     meta["schema"]["source"].update({

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from m3oe_jax.data.pipeline import SPLITS
 from m3oe_jax.data.raw import RawDataError
@@ -56,6 +57,30 @@ class StringCoder:
     return lookup[indices] if len(lookup) else np.zeros(len(indices), np.int64)
 
 
+class ArrowStringCoder:
+  """Like StringCoder (codes in order of first appearance), with the look-up
+  of a batch's distinct strings done by pyarrow instead of a Python dict: the
+  faster one for many distinct values per batch (user ids)."""
+
+  def __init__(self):
+    self.known = pa.array([], pa.string())
+
+  @property
+  def strings(self) -> list[str]:
+    return self.known.to_pylist()
+
+  def codes(self, words: pa.Array) -> np.ndarray:
+    """The codes of distinct, non-missing `words`, new ones added."""
+    pos = pc.index_in(words, value_set=self.known)
+    new = pos.is_null()
+    fresh = words.filter(new)
+    if len(fresh):
+      pos = pc.if_else(new, pc.add(pc.cumulative_sum(pc.cast(new, pa.int64())),
+                                   len(self.known) - 1), pc.cast(pos, pa.int64()))
+      self.known = pa.concat_arrays([self.known, fresh.cast(pa.string())])
+    return pos.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 class IdTable:
   """Columns of a table keyed by a unique id (e.g. a per-user feature file),
   sorted by id for `lookup_rows`; a repeated id is refused naming its line."""
@@ -87,24 +112,96 @@ class Statistics:
   """What one pass over the spilled rows finds (`collect_statistics`)."""
   rows: np.ndarray  # int64 [3, D]: rows per (split, domain)
   positives: np.ndarray  # int64 [3, D, T]: positive labels per (split, domain, task)
-  dense_min: np.ndarray  # float64 [Q], over the training rows
-  dense_max: np.ndarray  # float64 [Q], over the training rows
+  dense_min: np.ndarray  # float64 [Q], over the training rows' present values
+  dense_max: np.ndarray  # float64 [Q]
   vocabularies: list[np.ndarray]  # per sparse feature, its sorted raw codes
+  dense_mean: np.ndarray | None = None  # float64 [Q]
+  dense_std: np.ndarray | None = None  # float64 [Q] (1 where the values are constant)
 
   @property
   def dense_span(self) -> np.ndarray:
     return np.where(self.dense_max > self.dense_min, self.dense_max - self.dense_min, 1.0)
 
 
+# Raw code of "no value" in a feature of kind 'coded' (codes of a StringCoder):
+# an empty or missing value, or an unused slot of a multi-valued feature. It
+# never enters a vocabulary, so it is always encoded as OOV_ID.
+NO_VALUE = -1
+
+
+def feature_columns(features: Sequence[Any]) -> list[slice]:
+  """The columns of the spilled `sparse` rows each feature occupies."""
+  out, first = [], 0
+  for f in features:
+    width = getattr(f, "width", 1)
+    out.append(slice(first, first + width))
+    first += width
+  return out
+
+
+class _ValueCounts:
+  """Distinct values and their counts, merged from blocks every few blocks so
+  memory stays that of the distinct values."""
+
+  def __init__(self):
+    self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+
+  def add(self, values: np.ndarray) -> None:
+    self.parts.append(np.unique(values, return_counts=True))
+    if len(self.parts) > 16:
+      self.parts = [self.merged()]
+
+  def merged(self) -> tuple[np.ndarray, np.ndarray]:
+    if not self.parts:
+      return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    values = np.concatenate([v for v, _ in self.parts])
+    counts = np.concatenate([c for _, c in self.parts])
+    unique, inverse = np.unique(values, return_inverse=True)
+    return unique, np.bincount(inverse, weights=counts, minlength=len(unique)).astype(np.int64)
+
+
+class _CodeCounts:
+  """Counts of StringCoder codes (small non-negative ints), by bincount."""
+
+  def __init__(self):
+    self.counts = np.zeros(0, np.int64)
+
+  def add(self, codes: np.ndarray) -> None:
+    found = np.bincount(codes, minlength=len(self.counts))
+    found[:len(self.counts)] += self.counts
+    self.counts = found
+
+  def merged(self) -> tuple[np.ndarray, np.ndarray]:
+    values = np.flatnonzero(self.counts)
+    return values.astype(np.int64), self.counts[values]
+
+
+def code_table(vocabulary: np.ndarray) -> np.ndarray:
+  """For a 'coded' feature: the id of every code up to the largest in the
+  vocabulary, and OOV_ID for one past it (where larger codes and NO_VALUE go)."""
+  top = int(vocabulary.max()) + 1 if len(vocabulary) else 0
+  table = np.full(top + 1, OOV_ID, np.int32)
+  table[vocabulary] = np.arange(1, len(vocabulary) + 1, dtype=np.int32)
+  return table
+
+
 def collect_statistics(rows: Mapping[str, Any], part: np.ndarray, num_domains: int,
-                       all_rows_vocabulary: bool, chunk: int) -> Statistics:
-  """Dense statistics from the training rows only; vocabularies from the
-  training rows, or from every split's rows when `all_rows_vocabulary`."""
+                       all_rows_vocabulary: bool, chunk: int,
+                       features: Sequence[Any] | None = None) -> Statistics:
+  """Dense statistics from the training rows only (missing values, NaN, left
+  out); vocabularies from the training rows, or from every split's rows when
+  `all_rows_vocabulary`. A feature's vocabulary keeps the values seen at least
+  its `min_count` times; a 'hashed' feature has none (its ids are final)."""
   S, Q, T = rows["sparse"].width, rows["dense"].width, rows["labels"].width
+  features = features or [None] * S
+  columns = feature_columns(features) if features[0] is not None else [
+      slice(j, j + 1) for j in range(S)]
   D = num_domains
-  uniques: list[list[np.ndarray]] = [[] for _ in range(S)]
+  counted = [_CodeCounts() if getattr(f, "kind", "int") == "coded" else _ValueCounts()
+             for f in features]
   dmin = np.full(Q, np.inf)
   dmax = np.full(Q, -np.inf)
+  dsum, dsumsq, dcount = np.zeros(Q), np.zeros(Q), np.zeros(Q)
   counts = np.zeros((3, D), np.int64)
   positives = np.zeros((3, D, T), np.int64)
   for s in row_slices(len(part), chunk):
@@ -123,27 +220,71 @@ def collect_statistics(rows: Mapping[str, Any], part: np.ndarray, num_domains: i
     sp = np.asarray(rows["sparse"][s]).reshape(-1, S)
     if not all_rows_vocabulary:
       sp = sp[train]
-    for j in range(S):
-      uniques[j].append(np.unique(sp[:, j]))
-      if len(uniques[j]) > 16:
-        uniques[j] = [np.unique(np.concatenate(uniques[j]))]
+    for j, (f, cols) in enumerate(zip(features, columns)):
+      kind = getattr(f, "kind", "int")
+      if kind == "hashed":
+        continue
+      values = sp[:, cols].ravel()
+      if kind == "coded":
+        values = values[values != NO_VALUE]
+      counted[j].add(values)
     if Q and train.any():
       de = np.asarray(rows["dense"][s]).reshape(-1, Q)[train]
-      dmin = np.minimum(dmin, de.min(axis=0))
-      dmax = np.maximum(dmax, de.max(axis=0))
-  vocabs = [np.unique(np.concatenate(u)) if u else np.zeros(0, np.int64) for u in uniques]
+      present = ~np.isnan(de)
+      dmin = np.minimum(dmin, np.where(present, de, np.inf).min(axis=0))
+      dmax = np.maximum(dmax, np.where(present, de, -np.inf).max(axis=0))
+      zeroed = np.where(present, de, 0.0)
+      dsum += zeroed.sum(axis=0)
+      dsumsq += np.square(zeroed).sum(axis=0)
+      dcount += present.sum(axis=0)
+  vocabs = []
+  for f, c in zip(features, counted):
+    values, n = c.merged()
+    vocabs.append(values[n >= getattr(f, "min_count", 1)])
+  dmin = np.where(np.isfinite(dmin), dmin, 0.0)
+  dmax = np.where(np.isfinite(dmax), dmax, 0.0)
+  mean = dsum / np.maximum(dcount, 1)
+  var = np.maximum(dsumsq / np.maximum(dcount, 1) - np.square(mean), 0.0)
+  std = np.where(var > 0, np.sqrt(var), 1.0)
   return Statistics(rows=counts, positives=positives, dense_min=dmin, dense_max=dmax,
-                    vocabularies=vocabs)
+                    vocabularies=vocabs, dense_mean=mean, dense_std=std)
+
+
+def vocabulary_size(feature: Any, vocabulary: np.ndarray) -> int:
+  """Ids of a feature, the OOV id 0 included."""
+  if getattr(feature, "kind", "int") == "hashed":
+    return int(feature.buckets) + 1
+  return len(vocabulary) + 1
+
+
+def scale_dense(values: np.ndarray, stats: Statistics, scaling: Sequence[str]) -> np.ndarray:
+  """Dense values [n, Q] scaled per feature ('minmax', 'standard' or 'none',
+  fitted on the training rows); a missing value (NaN) becomes 0."""
+  out = np.empty(values.shape, np.float32)
+  for q, kind in enumerate(scaling):
+    x = values[:, q]
+    if kind == "minmax":
+      x = (x - stats.dense_min[q]) / stats.dense_span[q]
+    elif kind == "standard":
+      x = (x - stats.dense_mean[q]) / stats.dense_std[q]
+    out[:, q] = np.nan_to_num(x, nan=0.0)
+  return out
 
 
 def encode_splits(rows: Mapping[str, Any], part: np.ndarray, sizes: Sequence[int],
-                  stats: Statistics, out_dir: str, chunk: int
+                  stats: Statistics, out_dir: str, chunk: int,
+                  features: Sequence[Any] | None = None,
+                  dense_scaling: Sequence[str] = ()
                   ) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
   """Writes `out_dir/columnar/<split>/{sparse,dense,domain,labels}.npy`; returns
-  each file's size and CRC-32 by its path in the folder, and the rows with the
-  out-of-vocabulary id per (split, sparse feature)."""
+  each file's size and CRC-32 by its path in the folder, and the values encoded
+  as the out-of-vocabulary id per (split, sparse feature)."""
   S, Q, T = rows["sparse"].width, rows["dense"].width, rows["labels"].width
-  vocabs, dmin, span = stats.vocabularies, stats.dense_min, stats.dense_span
+  features = features or [None] * S
+  columns = feature_columns(features) if features[0] is not None else [
+      slice(j, j + 1) for j in range(S)]
+  scaling = tuple(dense_scaling) or ("minmax",) * Q
+  vocabs = stats.vocabularies
   counts = [int(k) for k in sizes]
   col_dir = os.path.join(out_dir, COLUMNAR_DIR)
   outs = {}
@@ -157,29 +298,51 @@ def encode_splits(rows: Mapping[str, Any], part: np.ndarray, sizes: Sequence[int
         "labels": NpyWriter(os.path.join(d, "labels.npy"), np.float32, (counts[k], T)),
     }
   filled = [0, 0, 0]
-  oov = np.zeros((3, S), np.int64)
+  oov = np.zeros((3, len(features)), np.int64)
+  tables = [code_table(v) if getattr(f, "kind", "int") == "coded" else None
+            for f, v in zip(features, vocabs)]
   for s in row_slices(len(part), chunk):
     p = part[s]
     sp = np.asarray(rows["sparse"][s]).reshape(-1, S)
     ids = np.empty(sp.shape, np.int32)
-    for j in range(S):
-      pos, found = lookup_rows(vocabs[j], sp[:, j])
-      ids[:, j] = np.where(found, pos + 1, OOV_ID)
-    de = ((np.asarray(rows["dense"][s]).reshape(-1, Q) - dmin) / span
-          ).astype(np.float32) if Q else np.zeros((len(p), 0), np.float32)
+    unknown = np.zeros((len(p), len(features)), np.int64)
+    for j, (f, cols) in enumerate(zip(features, columns)):
+      kind = getattr(f, "kind", "int")
+      raw = sp[:, cols]
+      if kind == "hashed":
+        ids[:, cols] = raw
+        continue
+      if kind == "coded":
+        table = tables[j]
+        coded = table[np.where((raw >= 0) & (raw < len(table)), raw, len(table) - 1)]
+        ids[:, cols] = coded
+        unknown[:, j] = ((coded == OOV_ID) & (raw != NO_VALUE)).sum(axis=1)
+        continue
+      pos, found = lookup_rows(vocabs[j], raw.ravel())
+      ids[:, cols] = np.where(found, pos + 1, OOV_ID).reshape(raw.shape)
+      missed = ~found.reshape(raw.shape)
+      if kind == "coded":
+        missed &= raw != NO_VALUE
+      unknown[:, j] = missed.sum(axis=1)
+    de = scale_dense(np.asarray(rows["dense"][s]).reshape(-1, Q), stats, scaling) if Q \
+        else np.zeros((len(p), 0), np.float32)
     dom = np.asarray(rows["domain"][s])
     lab = np.asarray(rows["labels"][s]).reshape(-1, T).astype(np.float32)
+    # One stable sort by split, then each split's rows are a contiguous range.
+    order = np.argsort(p, kind="stable")
+    ends = np.cumsum(np.bincount(p, minlength=3))
+    ids, de, dom, lab, unknown = (x[order] for x in (ids, de, dom, lab, unknown))
     for k, split in enumerate(SPLITS):
-      m = p == k
-      c = int(np.count_nonzero(m))
+      r = slice(ends[k - 1] if k else 0, ends[k])
+      c = r.stop - r.start
       if not c:
         continue
       o = outs[split]
-      o["sparse"].append(ids[m])
-      o["dense"].append(de[m])
-      o["domain"].append(dom[m])
-      o["labels"].append(lab[m])
-      oov[k] += np.count_nonzero(ids[m] == OOV_ID, axis=0)
+      o["sparse"].append(ids[r])
+      o["dense"].append(de[r])
+      o["domain"].append(dom[r])
+      o["labels"].append(lab[r])
+      oov[k] += unknown[r].sum(axis=0)
       filled[k] += c
   files = {}
   for split in SPLITS:
@@ -197,7 +360,9 @@ def save_vocabularies(out_dir: str, features: Sequence[Any],
   vdir = os.path.join(out_dir, VOCAB_DIR)
   os.makedirs(vdir, exist_ok=True)
   for f, v in zip(features, vocabs):
-    if f.kind == "str":
+    if f.kind == "hashed":
+      continue  # no values: serving hashes them (the schema's `sparse_vocabularies`)
+    if f.kind in ("str", "coded"):
       strings = coders[f.name].strings
       np.save(os.path.join(vdir, f.name + ".npy"), np.array([strings[i] for i in v]))
     else:

@@ -48,10 +48,19 @@ log = logging.getLogger("m3oe_jax.data")
 
 @dataclasses.dataclass(frozen=True)
 class FeatureDef:
-  """One prepared feature. `kind` is 'int' (raw ints, vocabulary of values) or
-  'str' (strings coded by a StringCoder); dense features have kind 'dense'."""
+  """One prepared sparse feature. `kind` is 'int' (raw ints, vocabulary of
+  values), 'str' (strings coded by a StringCoder), 'coded' (like 'str', with
+  `encode.NO_VALUE` for no value) or 'hashed' (the chunks hold final ids,
+  1 + a stable hash modulo `buckets`, 0 for no value). `width` columns: more
+  than one for a multi-valued feature. Values seen fewer than `min_count` times
+  in the vocabulary's rows get the OOV id."""
   name: str
   kind: str
+  width: int = 1
+  min_count: int = 1
+  buckets: int = 0
+  # How serving reproduces the ids (recorded in the schema), e.g. the hash.
+  describe: Mapping[str, Any] | None = None
 
 
 @dataclasses.dataclass
@@ -68,6 +77,9 @@ class Chunk:
   # it came from: exact duplicate rows are counted from these.
   row_hash: np.ndarray | None = None  # int64 [n]
   origin: str = ""
+  # The split of each row (0 train, 1 validation, 2 test) when the input gives
+  # it (split 'given').
+  split: np.ndarray | None = None  # uint8 [n]
 
 
 @dataclasses.dataclass
@@ -88,6 +100,10 @@ class PrepareSpec:
   # (e.g. ids missing from a feature file); recorded in the schema's
   # `source.checks` and printed with the summary.
   checks: dict = dataclasses.field(default_factory=dict)
+  # Per dense feature: 'minmax' (the default), 'standard' or 'none', fitted on
+  # the training rows; and what was done before (recorded for serving).
+  dense_scaling: tuple[str, ...] = ()
+  dense_transforms: tuple[str, ...] = ()
 
 
 def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
@@ -115,9 +131,11 @@ def prepare(chunks: Iterable[Chunk], spec: PrepareSpec, out_dir: str, *,
       raise ValueError(f"config.data.vocabulary must be one of {settings.VOCABULARIES}, "
                        f"got {spec.vocabulary!r}")
     stats = encode.collect_statistics(rows, part, len(spec.domain_names),
-                                      spec.vocabulary == "all_rows", chunk_rows)
+                                      spec.vocabulary == "all_rows", chunk_rows,
+                                      spec.sparse)
     _check_domains_have_training_rows(stats, spec)
-    files, oov = encode.encode_splits(rows, part, sizes, stats, out_dir, chunk_rows)
+    files, oov = encode.encode_splits(rows, part, sizes, stats, out_dir, chunk_rows,
+                                      spec.sparse, spec.dense_scaling)
     encode.save_vocabularies(out_dir, spec.sparse, spec.coders, stats.vocabularies)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
@@ -132,15 +150,19 @@ def _spill(chunks: Iterable[Chunk], spec: PrepareSpec, scratch: str
            ) -> tuple[dict[str, FlatColumn], dict[str, int]]:
   """Stage 1: every chunk's columns appended to flat files in `scratch`; returns
   them, and the number of each file the rows' line hashes came from."""
-  S, Q, T = len(spec.sparse), len(spec.dense_names), len(spec.task_names)
+  S = sum(f.width for f in spec.sparse)
+  Q, T = len(spec.dense_names), len(spec.task_names)
   spill = Spill(scratch, {
       "domain": (np.int32, 1), "labels": (np.uint8, T), "sparse": (np.int64, S),
       "dense": (np.float64, Q), "time": (np.int64, 1), "user": (np.int64, 1),
-      "item": (np.int64, 1), "row_hash": (np.int64, 1), "origin": (np.int32, 1)})
+      "item": (np.int64, 1), "row_hash": (np.int64, 1), "origin": (np.int32, 1),
+      "split": (np.uint8, 1)})
   origins: dict[str, int] = {}
   for c in chunks:
     cols = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
     rows_c = len(c.domain)
+    if c.split is None:
+      cols["split"] = np.zeros(rows_c, np.uint8)
     if c.row_hash is None:
       cols["row_hash"] = np.zeros(rows_c, np.int64)
       cols["origin"] = np.full(rows_c, -1, np.int32)
@@ -268,6 +290,8 @@ def _describe(spec: PrepareSpec, sizes, stats: encode.Statistics, oov: np.ndarra
       "counts": per_domain,
       "oov_rows": {s: {f.name: int(oov[k, j]) for j, f in enumerate(spec.sparse)}
                    for k, s in enumerate(SPLITS)},
+      "sparse_vocabularies": {f.name: _vocabulary_record(f, spec) for f in spec.sparse},
+      "dense_scaling": _scaling_record(spec, stats),
       "dense_min": {q: float(dmin[i]) for i, q in enumerate(spec.dense_names)},
       "dense_max": {q: float(dmax[i]) for i, q in enumerate(spec.dense_names)},
       "oov_id": encode.OOV_ID,
@@ -277,11 +301,39 @@ def _describe(spec: PrepareSpec, sizes, stats: encode.Statistics, oov: np.ndarra
   }
   return FeatureSchema(
       sparse_names=tuple(f.name for f in spec.sparse),
-      vocab_sizes=tuple(len(v) + 1 for v in stats.vocabularies),
+      vocab_sizes=tuple(encode.vocabulary_size(f, v)
+                        for f, v in zip(spec.sparse, stats.vocabularies)),
       dense_names=spec.dense_names,
       domain_names=spec.domain_names,
       task_names=spec.task_names,
+      sparse_widths=tuple(f.width for f in spec.sparse),
       source=source)
+
+
+def _vocabulary_record(feature: FeatureDef, spec: PrepareSpec) -> dict[str, Any]:
+  """How a feature's raw values become ids, for serving."""
+  if feature.kind == "hashed":
+    return {"mode": "hash", "buckets": int(feature.buckets), "width": feature.width,
+            **(feature.describe or {})}
+  return {"mode": spec.vocabulary, "min_count": int(feature.min_count),
+          "width": feature.width, **(feature.describe or {})}
+
+
+def _scaling_record(spec: PrepareSpec, stats: encode.Statistics) -> dict[str, Any]:
+  """Per dense feature: its transform before scaling, and the scaling fitted on
+  the training rows."""
+  scaling = spec.dense_scaling or ("minmax",) * len(spec.dense_names)
+  transforms = spec.dense_transforms or ("",) * len(spec.dense_names)
+  out = {}
+  for q, name in enumerate(spec.dense_names):
+    record = {"transform": transforms[q] or None, "scaling": scaling[q],
+              "missing": "0 after scaling"}
+    if scaling[q] == "minmax":
+      record.update(min=float(stats.dense_min[q]), span=float(stats.dense_span[q]))
+    elif scaling[q] == "standard":
+      record.update(mean=float(stats.dense_mean[q]), std=float(stats.dense_std[q]))
+    out[name] = record
+  return out
 
 
 def format_counts(schema: FeatureSchema) -> str:
@@ -308,6 +360,16 @@ def format_checks(checks: Mapping[str, Any]) -> list[str]:
   if dup is not None:
     per = ", ".join(f"{os.path.basename(f)}: {k:,}" for f, k in dup["per_file"].items())
     lines.append(f"exact duplicate rows kept: {dup['total']:,} ({per})")
+  for name, m in (checks.get("unmatched_side_rows") or {}).items():
+    lines.append(f"log rows without a match in side table {name!r}: {m['rows']:,} of "
+                 f"{m['of']:,} ({'kept with no value' if m['policy'] == 'keep' else 'dropped'})")
+  if checks.get("rows_outside_top_n_domains"):
+    lines.append(f"rows of domains outside top_n, dropped: "
+                 f"{checks['rows_outside_top_n_domains']:,}")
+  for name, rows in (checks.get("multi_valued_truncated_rows") or {}).items():
+    if rows:
+      lines.append(f"rows with more {name!r} values than its slots (the rest dropped): "
+                   f"{rows:,}")
   for f, m in (checks.get("missing_features") or {}).items():
     example = f", e.g. {m['example_ids']}" if m["ids"] else ""
     lines.append(

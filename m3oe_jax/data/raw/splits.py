@@ -4,7 +4,8 @@
               found by exact selection over the spilled time column, so the
               whole data set is never sorted;
   random      a seeded permutation;
-  file_order  consecutive ranges in file order (the reference code's slicing).
+  file_order  consecutive ranges in file order (the reference code's slicing);
+  given       each row's split as the input gives it (a column, or files per split).
 """
 
 from __future__ import annotations
@@ -96,12 +97,27 @@ def random_assignment(n: int, sizes: Sequence[int], seed: int) -> np.ndarray:
 
 
 
+def given_assignment(split: np.ndarray, chunk: int
+                     ) -> tuple[tuple[int, int, int], np.ndarray]:
+  """The split each row's input gave it; refuses an empty split."""
+  part = np.concatenate([np.asarray(split[s]) for s in row_slices(len(split), chunk)]
+                        ) if len(split) else np.zeros(0, np.uint8)
+  sizes = tuple(int(k) for k in np.bincount(part, minlength=3)[:3])
+  empty = [s for s, k in zip(SPLITS, sizes) if k == 0]
+  if empty:
+    raise RawDataError(f"split {empty} would be empty: the input gives the splits "
+                       f"{dict(zip(SPLITS, sizes))} rows")
+  return sizes, part
+
+
 def assign_splits(kind: str, ratios: Sequence[float], seed: int,
                   rows: Mapping[str, np.ndarray], chunk: int
                   ) -> tuple[tuple[int, int, int], np.ndarray]:
   """The sizes of the train, validation and test splits of the spilled `rows`
   (columns `time`, `user`, `item`) and the split index of every row; refuses
   ratios that leave a split empty."""
+  if kind == "given":
+    return given_assignment(rows["split"], chunk)
   n = len(rows["time"])
   sizes = split_sizes(n, ratios)
   empty = [s for s, k in zip(SPLITS, sizes) if k == 0]
@@ -116,5 +132,5 @@ def assign_splits(kind: str, ratios: Sequence[float], seed: int,
   elif kind == "file_order":  # the reference code's slicing of its file
     part = np.repeat(np.arange(3, dtype=np.uint8), sizes)
   else:
-    raise ValueError(f"split must be one of {SPLIT_KINDS}, got {kind!r}")
+    raise ValueError(f"split must be one of {SPLIT_KINDS + ('given',)}, got {kind!r}")
   return sizes, part
