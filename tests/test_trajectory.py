@@ -20,7 +20,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import tempfile
 
 import ml_collections
 import numpy as np
@@ -179,12 +178,12 @@ def run_ours(kind: str, folder: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_the_trainer_follows_the_authors_trainer(kind, prepared):
+def test_the_trainer_follows_the_authors_trainer(kind, prepared, tmp_path):
   data, rows = prepared
   g = golden(kind)
   schema = load_dataset(data).schema
   vocab_sizes = schema.vocab_sizes
-  folder = pathlib.Path(tempfile.mkdtemp(prefix=f"trajectory_{kind}_"))
+  folder = tmp_path
   np.savez(folder / "init.npz", **mapped_weights(g, "init", rows, vocab_sizes))
   np.savez(folder / "order.npz", **section(g, "order"))
   (folder / "data.json").write_text(data.to_json())
