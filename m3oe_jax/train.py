@@ -349,7 +349,8 @@ def _train_then_test(config, workdir: epath.Path, preemption: run_context.Preemp
             "best_epoch": best_progress.best_epoch, "best_step": best_progress.best_step,
             "best_validation_mean_auc": best_progress.best_metric,
             "model": config.model.name, "seed": int(config.seed),
-            "data": config.data.name, "domains": list(schema.domain_names),
+            "data": config.data.name, "paper_data": data.is_paper_data(config.data.name, schema),
+            "domains": list(schema.domain_names),
             "tasks": list(schema.task_names),
             "variant": schema.source.get("variant"),
             "config_hash": run_identity.config_hash(config)}

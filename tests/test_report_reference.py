@@ -180,3 +180,15 @@ def test_cells_that_do_not_line_up_are_warned(sweep_and_reference, tmp_path):
              in w for w in result["warnings"])
   m3oe = next(c for c in result["comparisons"] if c.label == "m3oe-mdmt")
   assert m3oe.cells["young/click"].ours.n == 0 and m3oe.cells["young/click"].theirs.n == 1
+
+
+def test_runs_on_other_data_than_the_papers_get_no_paper_numbers(tmp_path):
+  make_sweep(tmp_path / "sweep")
+  for metrics_file in (tmp_path / "sweep").rglob("metrics.json"):
+    record = json.loads(metrics_file.read_text())
+    metrics_file.write_text(json.dumps({**record, "paper_data": False}))  # e.g. MovieLens-100K
+  runs, _ = collect.collect([tmp_path / "sweep"])
+  table = tables.build_table(runs)
+  assert not table.paper_comparable
+  assert all(row.paper is None for row in table.rows)
+  assert any("other data than the paper's movielens" in w for w in table.warnings)

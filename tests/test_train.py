@@ -192,6 +192,7 @@ def test_a_variant_run_records_what_the_report_needs_and_reference_test_weights(
   saved = json.loads((tmp_path / "metrics.json").read_text())
   assert saved["domains"] == ["synthetic_domain1"] and saved["model"] == "m3oe"
   assert saved["variant"]["domains"] == ["synthetic_domain1"]
+  assert saved["paper_data"] is False  # the report shows no paper numbers beside it
   assert sorted(saved["test"]["pairs"]) == ["synthetic_domain1/synthetic_task0",
                                            "synthetic_domain1/synthetic_task1"]
   # No early stop in 2 epochs: the reference tests the last weights.

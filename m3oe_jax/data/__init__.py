@@ -26,6 +26,13 @@ def _maker(name) -> types.ModuleType:
   return dataset
 
 
+def is_paper_data(name: str, schema: FeatureSchema) -> bool:
+  """Whether a prepared dataset is the paper's own: prepared from the official archive
+  (by the checksum recorded at preparation) of a dataset of the paper's Table 2."""
+  archive = getattr(datasets.module(name), "PAPER_ARCHIVE", None)
+  return archive is not None and schema.source.get("checksum") == archive.checksum
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Refuses, before any data is generated, read or prepared, a `config.data`
   naming an unknown dataset or holding settings that dataset cannot use."""
@@ -45,4 +52,4 @@ def load_dataset(config: ml_collections.ConfigDict,
 
 
 __all__ = ["ArraySource", "Dataset", "FeatureSchema", "RowSource", "check_config",
-           "load_dataset"]
+           "is_paper_data", "load_dataset"]

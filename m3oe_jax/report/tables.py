@@ -154,6 +154,11 @@ def build_table(runs: list[RunInfo]) -> Table:
   if len(datas) > 1:
     warnings.append(f"runs on several datasets are mixed: {datas}")
   data = datas[0] if len(datas) == 1 else None
+  other_data = sorted({r.name for r in finished if r.metrics.get("paper_data") is False})
+  if data is not None and other_data:
+    warnings.append(f"{len(other_data)} runs trained on other data than the paper's {data} "
+                    f"(e.g. {other_data[0]}): the paper's numbers are not shown beside them")
+    data = f"{data} (not the paper's data)"
   domains, tasks = _order(runs, "domains"), _order(runs, "tasks")
   pairs = [f"{d}/{t}" for d in domains for t in tasks]
 

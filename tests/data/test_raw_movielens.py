@@ -1,5 +1,6 @@
 """MovieLens-1M through the real TFDS builder, on tiny files in the original format."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -8,8 +9,10 @@ import pathlib
 import numpy as np
 import pytest
 
+from m3oe_jax import data
 from m3oe_jax.data import fake_raw, pipeline
 from m3oe_jax.data import prepared as prepared_data
+from m3oe_jax.data.datasets import movielens
 from m3oe_jax.data.raw import RawDataError, sources, storage
 from tests.data.helpers import (ML_ORDER, ML_RATINGS, ML_USERS, movielens_config,
                                 write_movielens_files)
@@ -121,6 +124,11 @@ def test_archive_checksum_source_recorded_and_no_raw_needed_later(tmp_path):
   assert ds.schema.source["kind"] == "archive"
   assert ds.schema.source["checksum"] == sha
   assert ds.schema.source["builder"] == "m3oe_movielens1m"
+  # Not the official archive: not the paper's data (the report shows no paper numbers).
+  assert not data.is_paper_data("movielens", ds.schema)
+  official = movielens.PAPER_ARCHIVE.checksum
+  assert data.is_paper_data("movielens", dataclasses.replace(ds.schema, source={**ds.schema.source,
+                                                                   "checksum": official}))
   # The raw files are gone: loading again reads only the prepared data.
   os.remove(archive)
   again = prepared_data.load(cfg)

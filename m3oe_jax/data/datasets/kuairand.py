@@ -37,6 +37,7 @@ ARCHIVES = {
     "27k": sources.ArchiveSpec(ZENODO + "KuaiRand-27K.tar.gz", "KuaiRand-27K.tar.gz",
                                "md5:3e3c799a24e2d23a4d2c757fbf9adf59", "KuaiRand-27K"),
 }
+PAPER_ARCHIVE = ARCHIVES["pure"]  # the data of the paper's Table 2
 SUFFIX = {"pure": "pure", "1k": "1k", "27k": "27k"}
 
 # Log files by short name; `{s}` is the size suffix. 27K splits big logs into

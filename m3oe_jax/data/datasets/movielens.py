@@ -25,6 +25,8 @@ ARCHIVE = sources.ArchiveSpec(
     top_dir="ml-1m",
     size=5_917_549)
 
+PAPER_ARCHIVE = ARCHIVE  # the data of the paper's Table 2
+
 AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
 MAX_OCCUPATION = 20  # occupations are coded 0..20 (the archive's README)
 
