@@ -25,8 +25,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import pyarrow as pa
 
-from m3oe_jax.data.raw import (RawDataError, builder, declaration, hashing, prepare,
-                               roles, settings, side_tables, tables)
+from m3oe_jax.data.raw import (RawDataError, builder, declaration, hashing, log_features,
+                               prepare, roles, settings, tables)
 from m3oe_jax.data.raw.declaration import DOMAIN_FEATURE, Declaration
 
 log = logging.getLogger("m3oe_jax.data")
@@ -97,15 +97,15 @@ def _numeric_roles(d: Declaration) -> dict[str, str]:
   return out
 
 
-def _check_headers(d: Declaration, files: list[tuple[str, int | None]]) -> dict[str, bool]:
-  """Refuses a log file without a declared column, or a Parquet column whose
-  type its role cannot read; returns whether each file is text."""
-  needed = d.log_columns()
-  numeric = _numeric_roles(d)
+def check_headers(d: Declaration, paths: list[str], columns: list[str], fmt: str
+                  ) -> dict[str, bool]:
+  """Refuses a log file without one of `columns`, or a Parquet column whose type
+  its role cannot read; returns whether each file is text."""
+  numeric = {c: what for c, what in _numeric_roles(d).items() if c in columns}
   text = {}
-  for path, _ in files:
-    head = tables.header(path, d.format)
-    missing = [c for c in needed if c not in head.names]
+  for path in paths:
+    head = tables.header(path, fmt)
+    missing = [c for c in columns if c not in head.names]
     if missing:
       raise RawDataError(f"{path}, column {missing[0]!r}: missing (the file has columns "
                          f"{list(head.names)[:20]})")
@@ -116,7 +116,7 @@ def _check_headers(d: Declaration, files: list[tuple[str, int | None]]) -> dict[
                                 or pa.types.is_string(t) or pa.types.is_large_string(t)):
         raise RawDataError(f"{path}, column {column!r}: type {t} cannot be read as a "
                            f"number ({what})")
-    tables.refuse_nested(path, head, needed)
+    tables.refuse_nested(path, head, columns)
     text[path] = head.text
   return text
 
@@ -141,20 +141,11 @@ def _top_domains(d: Declaration, files, chunk_rows: int) -> list[str]:
 def prepare_files(d: Declaration, out_dir: str, *, scratch_dir: str | None = None,
                   chunk_rows: int = settings.DEFAULT_CHUNK_ROWS) -> dict[str, Any]:
   files = _log_files(d)
-  text = _check_headers(d, files)
+  text = check_headers(d, [p for p, _ in files], d.log_columns(), d.format)
   encoders = {c.name: roles.CategoricalEncoder(c.vocabulary.mode, c.vocabulary.buckets,
                                                c.separator, c.max_values)
               for c in d.categorical}
-  scaling = dict(d.dense)
-
-  def side_converter(column):
-    if column in encoders:
-      return lambda col, _c, _p: encoders[column](col)
-    return lambda col, c, place: roles.dense(col, c, scaling[column], place)
-
-  joined = [side_tables.load(t, {c: side_converter(c) for c in t.columns}, chunk_rows)
-            for t in d.side_tables]
-  from_side = {c: j for j in joined for c in j.spec.columns}
+  features = log_features.LogFeatures(d, encoders, chunk_rows)
   if d.domain.values:
     domain_names = list(d.domain.names)
     domain_of = {v: domain_names.index(name) for v, name in d.domain.values}
@@ -162,10 +153,6 @@ def prepare_files(d: Declaration, out_dir: str, *, scratch_dir: str | None = Non
     domain_names = _top_domains(d, files, chunk_rows)
     domain_of = {v: i for i, v in enumerate(domain_names)}
   split_of = {v: declaration.SPLIT_NAMES.index(s) for v, s in d.split.values}
-  features = list(d.categorical)
-  starts = np.cumsum([0] + [c.max_values for c in features])
-  columns = [slice(a, b) for a, b in zip(starts[:-1], starts[1:])]
-  width = sum(c.max_values for c in features) + int(d.domain.as_feature)
   checks: dict[str, Any] = {}
   dropped = {"domain_outside_top_n": 0, "unmatched_side_rows": 0}
 
@@ -182,33 +169,16 @@ def prepare_files(d: Declaration, out_dir: str, *, scratch_dir: str | None = Non
           domain = roles.lookup(batch.column(d.domain.column), domain_of)
           dropped["domain_outside_top_n"] += int(np.count_nonzero(domain < 0))
           keep &= domain >= 0
-        matches = {j.spec.name: j.join(batch) for j in joined}
-        if d.unmatched == "drop" and matches:
-          matched = np.logical_and.reduce([found for _, found in matches.values()])
-          dropped["unmatched_side_rows"] += int(n - np.count_nonzero(matched))
-          keep &= matched
+        read = features.read(batch, place)
+        if d.unmatched == "drop" and features.joined:
+          dropped["unmatched_side_rows"] += int(n - np.count_nonzero(read.matched))
+          keep &= read.matched
         labels = np.stack([roles.label(batch.column(t.column), t.column, t.rule,
                                        t.threshold, place) for t in d.tasks], axis=1)
-        sp = np.empty((n, width), np.int64)
-        for c, cols in zip(features, columns):
-          if c.name in from_side:
-            side = from_side[c.name]
-            rows, found = matches[side.spec.name]
-            sp[:, cols] = side.columns[c.name][rows]
-            if not found.all():
-              sp[~found, cols] = encoders[c.name].none
-          else:
-            sp[:, cols] = encoders[c.name](batch.column(c.name))
+        sp = read.sparse
         if d.domain.as_feature:
-          sp[:, -1] = domain
-        dense = np.zeros((n, len(d.dense)))
-        for q, (c, kind) in enumerate(d.dense):
-          if c in from_side:
-            side = from_side[c]
-            rows, found = matches[side.spec.name]
-            dense[:, q] = np.where(found, side.columns[c][rows], np.nan)
-          else:
-            dense[:, q] = roles.dense(batch.column(c), c, kind, place)
+          sp = np.concatenate([sp, domain[:, None]], axis=1)
+        dense = read.dense
         time = np.zeros(n, np.int64)
         if d.split.mode == "temporal":
           time = roles.times(batch.column(d.split.column), d.split.column, place)
@@ -223,12 +193,12 @@ def prepare_files(d: Declaration, out_dir: str, *, scratch_dir: str | None = Non
             domain=domain[k].astype(np.int32), labels=labels[k], sparse=sp[k],
             dense=dense[k], time=time[k], user=np.zeros(n, np.int64)[k],
             item=np.zeros(n, np.int64)[k], split=None if split is None else split[k])
-    checks.update(_findings(d, joined, encoders, dropped))
+    checks.update(_findings(d, features.joined, encoders, dropped))
 
   sparse_defs = [prepare.FeatureDef(
       c.name, "hashed" if c.vocabulary.mode == "hash" else "coded", width=c.max_values,
       min_count=c.vocabulary.min_count, buckets=c.vocabulary.buckets,
-      describe=_describe_feature(c)) for c in features]
+      describe=_describe_feature(c)) for c in d.categorical]
   if d.domain.as_feature:
     sparse_defs.append(prepare.FeatureDef(DOMAIN_FEATURE, "int",
                                           describe={"value": "the domain's index"}))
@@ -240,12 +210,12 @@ def prepare_files(d: Declaration, out_dir: str, *, scratch_dir: str | None = Non
       domain_names=tuple(domain_names),
       task_names=tuple(t.name for t in d.tasks),
       split=split_kind, split_ratios=d.split.ratios, split_seed=d.split.seed,
-      coders={c.name: encoders[c.name].coder for c in features
+      coders={c.name: encoders[c.name].coder for c in d.categorical
               if encoders[c.name].coder is not None},
       source={"kind": "files", "path": ", ".join(d.logs),
               "checksum": "not verified (declared files)",
               "files": {p: _size(p) for p, _ in files},
-              "side_table_files": {j.spec.name: j.files for j in joined},
+              "side_table_files": {j.spec.name: j.files for j in features.joined},
               "split_mode": d.split.mode,
               "domain_values": (dict(d.domain.values) if d.domain.values
                                 else {"top_n": domain_names}),

@@ -95,13 +95,18 @@ class Declaration:
     """Each column a side table adds, and its table."""
     return {c: t for t in self.side_tables for c in t.columns}
 
-  def log_columns(self) -> list[str]:
-    """The columns every log file must have."""
+  def feature_columns(self) -> list[str]:
+    """The log columns a row is scored from: its features, side-table keys and domain."""
     side = self.side_columns
     wanted = [c.name for c in self.categorical] + [c for c, _ in self.dense]
     wanted = [c for c in wanted if c not in side]
     wanted += [k for t in self.side_tables for k in t.log_key]
-    wanted += [self.domain.column] + [t.column for t in self.tasks]
+    wanted.append(self.domain.column)
+    return list(dict.fromkeys(wanted))
+
+  def log_columns(self) -> list[str]:
+    """The columns every log file must have: the feature columns, labels, time or split."""
+    wanted = self.feature_columns() + [t.column for t in self.tasks]
     if self.split.mode in ("temporal", "column"):
       wanted.append(self.split.column)
     return list(dict.fromkeys(wanted))

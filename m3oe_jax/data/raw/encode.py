@@ -81,6 +81,13 @@ class ArrowStringCoder:
     return pos.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
+def frozen_ids(words: pa.Array, vocabulary: pa.Array) -> np.ndarray:
+  """Model ids of `words` under a prepared vocabulary (its value i has id i + 1);
+  values outside it get OOV_ID."""
+  pos = pc.index_in(words.cast(pa.string()), value_set=vocabulary)
+  return pc.add(pos, 1).fill_null(OOV_ID).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 class IdTable:
   """Columns of a table keyed by a unique id (e.g. a per-user feature file),
   sorted by id for `lookup_rows`; a repeated id is refused naming its line."""
@@ -260,13 +267,21 @@ def vocabulary_size(feature: Any, vocabulary: np.ndarray) -> int:
 def scale_dense(values: np.ndarray, stats: Statistics, scaling: Sequence[str]) -> np.ndarray:
   """Dense values [n, Q] scaled per feature ('minmax', 'standard' or 'none',
   fitted on the training rows); a missing value (NaN) becomes 0."""
+  return scale_columns(values, scaling, stats.dense_min, stats.dense_span, stats.dense_mean,
+                       stats.dense_std)
+
+
+def scale_columns(values: np.ndarray, scaling: Sequence[str], lo, span, mean, std
+                  ) -> np.ndarray:
+  """`scale_dense` with the fitted figures given per feature (`mean` and `std`
+  are read only for 'standard' features)."""
   out = np.empty(values.shape, np.float32)
   for q, kind in enumerate(scaling):
     x = values[:, q]
     if kind == "minmax":
-      x = (x - stats.dense_min[q]) / stats.dense_span[q]
+      x = (x - lo[q]) / span[q]
     elif kind == "standard":
-      x = (x - stats.dense_mean[q]) / stats.dense_std[q]
+      x = (x - mean[q]) / std[q]
     out[:, q] = np.nan_to_num(x, nan=0.0)
   return out
 

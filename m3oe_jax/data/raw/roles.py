@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from m3oe_jax.data.raw import RawDataError, hashing, tables
-from m3oe_jax.data.raw.encode import NO_VALUE, ArrowStringCoder
+from m3oe_jax.data.raw.encode import NO_VALUE, OOV_ID, ArrowStringCoder, frozen_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,21 +168,27 @@ def times(col, column: str, place: Place) -> np.ndarray:
 class CategoricalEncoder:
   """A categorical column's raw codes: StringCoder codes (vocabulary 'train'),
   NO_VALUE for no value; or final hashed ids in 1..buckets (vocabulary
-  'hash'), 0 for no value. Multi-valued columns are split at `separator` into
-  `max_values` slots (empty values skipped, values past the last slot dropped
-  and counted in `truncated_rows`)."""
+  'hash'), 0 for no value. Given the prepared `vocabulary` of a 'train'
+  feature, the codes are final model ids instead (`encode.frozen_ids`), 0 for
+  no value or a value outside it. Multi-valued columns are split at `separator`
+  into `max_values` slots (empty values skipped, values past the last slot
+  dropped and counted in `truncated_rows`)."""
 
-  def __init__(self, mode: str, buckets: int = 0, separator: str = "", max_values: int = 1):
+  def __init__(self, mode: str, buckets: int = 0, separator: str = "", max_values: int = 1,
+               vocabulary: pa.Array | None = None):
     self.mode, self.buckets = mode, buckets
     self.separator, self.max_values = separator, max_values
-    self.coder = ArrowStringCoder() if mode == "train" else None
-    self.none = NO_VALUE if mode == "train" else 0
+    self.vocabulary = vocabulary
+    self.coder = ArrowStringCoder() if mode == "train" and vocabulary is None else None
+    self.none = NO_VALUE if self.coder is not None else OOV_ID
     self.truncated_rows = 0
 
   def _codes(self, a: pa.Array) -> np.ndarray:
     enc = a.dictionary_encode()
     if self.coder is not None:
       table = np.append(self.coder.codes(enc.dictionary), self.none)
+    elif self.vocabulary is not None:
+      table = np.append(frozen_ids(enc.dictionary, self.vocabulary), self.none)
     else:
       table = np.append(hashing.hashed_ids(enc.dictionary.to_pylist(), self.buckets),
                         self.none)
