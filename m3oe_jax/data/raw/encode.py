@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from m3oe_jax.data.pipeline import SPLITS
 from m3oe_jax.data.raw import RawDataError
+from m3oe_jax.data.raw.key_index import KeyIndex
 from m3oe_jax.data.raw.storage import COLUMNAR_DIR, VOCAB_DIR, NpyWriter, row_slices
 
 OOV_ID = 0
@@ -59,26 +60,25 @@ class StringCoder:
 
 class ArrowStringCoder:
   """Like StringCoder (codes in order of first appearance), with the look-up
-  of a batch's distinct strings done by pyarrow instead of a Python dict: the
-  faster one for many distinct values per batch (user ids)."""
+  of a batch's distinct strings done in a lasting `KeyIndex` of the strings
+  coded so far instead of a Python dict: the faster one for many distinct
+  values per batch (user ids)."""
 
   def __init__(self):
-    self.known = pa.array([], pa.string())
+    self.index = KeyIndex()
 
   @property
   def strings(self) -> list[str]:
-    return self.known.to_pylist()
+    return self.index.keys.to_pylist()
 
   def codes(self, words: pa.Array) -> np.ndarray:
     """The codes of distinct, non-missing `words`, new ones added."""
-    pos = pc.index_in(words, value_set=self.known)
-    new = pos.is_null()
-    fresh = words.filter(new)
-    if len(fresh):
-      pos = pc.if_else(new, pc.add(pc.cumulative_sum(pc.cast(new, pa.int64())),
-                                   len(self.known) - 1), pc.cast(pos, pa.int64()))
-      self.known = pa.concat_arrays([self.known, fresh.cast(pa.string())])
-    return pos.to_numpy(zero_copy_only=False).astype(np.int64)
+    pos = self.index.lookup(words)
+    new = pos < 0
+    if new.any():
+      pos[new] = np.arange(len(self.index), len(self.index) + np.count_nonzero(new))
+      self.index.add(words.filter(pa.array(new)))
+    return pos
 
 
 class IdTable:
