@@ -156,7 +156,7 @@ def _spill(chunks: Iterable[Chunk], spec: PrepareSpec, scratch: str
       "domain": (np.int32, 1), "labels": (np.uint8, T), "sparse": (np.int64, S),
       "dense": (np.float64, Q), "time": (np.int64, 1), "user": (np.int64, 1),
       "item": (np.int64, 1), "row_hash": (np.int64, 1), "origin": (np.int32, 1),
-      "split": (np.uint8, 1)})
+      "split": (np.uint8, 1)}, narrow=("sparse",))
   origins: dict[str, int] = {}
   for c in chunks:
     cols = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
