@@ -147,9 +147,14 @@ def prepare_files(d: Declaration, out_dir: str, *, scratch_dir: str | None = Non
               for c in d.categorical}
   scaling = dict(d.dense)
 
+  # Raw codes are StringCoder codes or hashed ids: int32 unless a hash has
+  # more buckets (the spill narrows to int32 anyway; fewer bytes to move).
+  code_type = np.int32 if all(c.vocabulary.buckets < 2**31 for c in d.categorical) \
+      else np.int64
+
   def side_converter(column):
     if column in encoders:
-      return lambda col, _c, _p: encoders[column](col)
+      return lambda col, _c, _p: encoders[column](col).astype(code_type)
     return lambda col, c, place: roles.dense(col, c, scaling[column], place)
 
   joined = [side_tables.load(t, {c: side_converter(c) for c in t.columns}, chunk_rows)
@@ -189,7 +194,7 @@ def prepare_files(d: Declaration, out_dir: str, *, scratch_dir: str | None = Non
           keep &= matched
         labels = np.stack([roles.label(batch.column(t.column), t.column, t.rule,
                                        t.threshold, place) for t in d.tasks], axis=1)
-        sp = np.empty((n, width), np.int64)
+        sp = np.empty((n, width), code_type)
         for c, cols in zip(features, columns):
           if c.name in from_side:
             side = from_side[c.name]

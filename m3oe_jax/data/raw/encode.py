@@ -333,8 +333,13 @@ def encode_splits(rows: Mapping[str, Any], part: np.ndarray, sizes: Sequence[int
   for s in row_slices(len(part), chunk):
     p = part[s]
     sp = np.asarray(rows["sparse"][s]).reshape(-1, S)
-    ids = joined[np.clip(sp, -1, high) + offset] if coded_column.any() \
-        else np.empty(sp.shape, np.int32)
+    if coded_column.any():
+      top = np.minimum(high, np.iinfo(sp.dtype).max).astype(sp.dtype)
+      index = np.clip(sp, sp.dtype.type(-1), top).astype(np.intp)
+      index += offset
+      ids = joined.take(index)
+    else:
+      ids = np.empty(sp.shape, np.int32)
     missed = ids == OOV_ID
     missed &= ~coded_column | (sp != NO_VALUE)
     for j, (kind, cols) in enumerate(zip(kinds, columns)):

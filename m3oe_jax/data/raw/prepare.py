@@ -68,7 +68,7 @@ class Chunk:
   """Raw rows of one block after filtering, in file order."""
   domain: np.ndarray  # int32 [n]
   labels: np.ndarray  # uint8 [n, T]
-  sparse: np.ndarray  # int64 [n, S] raw codes
+  sparse: np.ndarray  # int64 (or int32) [n, S] raw codes
   dense: np.ndarray  # float64 [n, Q] (already transformed, not yet scaled)
   time: np.ndarray  # int64 [n]
   user: np.ndarray  # int64 [n]

@@ -62,7 +62,8 @@ class Spill:
       assert a.size == rows * width, (k, a.shape, width)
       n = rows if n is None else n
       assert rows == n
-      if self.stored[k] != dtype and a.size and not _fits(a, self.stored[k]):
+      if (self.stored[k] != dtype and a.size and not np.can_cast(a.dtype, self.stored[k])
+          and not _fits(a, self.stored[k])):
         self._widen(k)
       write(self.files[k], np.ascontiguousarray(a, self.stored[k]))
     self.rows += n or 0
