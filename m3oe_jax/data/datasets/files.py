@@ -173,6 +173,7 @@ def prepare_files(d: Declaration, out_dir: str, *, scratch_dir: str | None = Non
   width = sum(c.max_values for c in features) + int(d.domain.as_feature)
   checks: dict[str, Any] = {}
   dropped = {"domain_outside_top_n": 0, "unmatched_side_rows": 0}
+  packed = {j.spec.name: _pack(j, features, columns, d.dense, encoders) for j in joined}
 
   def chunks() -> Iterator[prepare.Chunk]:
     for path, file_split in files:
@@ -195,24 +196,28 @@ def prepare_files(d: Declaration, out_dir: str, *, scratch_dir: str | None = Non
         labels = np.stack([roles.label(batch.column(t.column), t.column, t.rule,
                                        t.threshold, place) for t in d.tasks], axis=1)
         sp = np.empty((n, width), code_type)
-        for c, cols in zip(features, columns):
-          if c.name in from_side:
-            side = from_side[c.name]
-            rows, found = matches[side.spec.name]
-            sp[:, cols] = side.columns[c.name][rows]
+        dense = np.zeros((n, len(d.dense)))
+        for name, (codes, none, to_sparse, values, to_dense) in packed.items():
+          rows, found = matches[name]
+          if codes is not None:
+            got = codes[rows]
             if not found.all():
-              sp[~found, cols] = encoders[c.name].none
-          else:
+              got[~found] = none
+            for cols, at in to_sparse:
+              sp[:, cols] = got[:, at]
+          if values is not None:
+            got = values[rows]
+            if not found.all():
+              got[~found] = np.nan
+            for q, i in to_dense:
+              dense[:, q] = got[:, i]
+        for c, cols in zip(features, columns):
+          if c.name not in from_side:
             sp[:, cols] = encoders[c.name](batch.column(c.name))
         if d.domain.as_feature:
           sp[:, -1] = domain
-        dense = np.zeros((n, len(d.dense)))
         for q, (c, kind) in enumerate(d.dense):
-          if c in from_side:
-            side = from_side[c]
-            rows, found = matches[side.spec.name]
-            dense[:, q] = np.where(found, side.columns[c][rows], np.nan)
-          else:
+          if c not in from_side:
             dense[:, q] = roles.dense(batch.column(c), c, kind, place)
         time = np.zeros(n, np.int64)
         if d.split.mode == "temporal":
@@ -263,6 +268,28 @@ def prepare_files(d: Declaration, out_dir: str, *, scratch_dir: str | None = Non
       dense_transforms=tuple(_SCALING[k][0] for _, k in d.dense))
   return prepare.prepare(chunks(), spec, out_dir, scratch_dir=scratch_dir,
                          chunk_rows=chunk_rows)
+
+
+def _pack(side, features, columns, dense, encoders):
+  """A side table's sparse columns side by side, and its dense ones, so a log
+  batch gathers each table's rows once: (codes [rows, W], the codes of no
+  value [W], (the log's sparse columns, the packed ones) per feature; values
+  [rows, V], (dense index, packed index) per dense feature)."""
+  cats = [(c, cols) for c, cols in zip(features, columns) if c.name in side.columns]
+  codes = none = values = None
+  to_sparse, first = [], 0
+  if cats:
+    codes = np.concatenate([side.columns[c.name].reshape(-1, c.max_values)
+                            for c, _ in cats], axis=1)
+    none = np.concatenate([np.full(c.max_values, encoders[c.name].none, codes.dtype)
+                           for c, _ in cats])
+    for c, cols in cats:
+      to_sparse.append((cols, slice(first, first + c.max_values)))
+      first += c.max_values
+  dens = [(q, c) for q, (c, _) in enumerate(dense) if c in side.columns]
+  if dens:
+    values = np.stack([np.asarray(side.columns[c], np.float64) for _, c in dens], axis=1)
+  return codes, none, to_sparse, values, [(q, i) for i, (q, _) in enumerate(dens)]
 
 
 def _describe_feature(c: declaration.Categorical) -> dict[str, Any]:
