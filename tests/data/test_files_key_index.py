@@ -65,3 +65,16 @@ def test_arrow_coder_codes_in_order_of_first_appearance():
     expected = [plain.code(s) for s in distinct.to_pylist()]
     assert arrow.codes(distinct).tolist() == expected
   assert arrow.strings == plain.strings
+
+
+def test_arrow_coder_row_codes_are_its_dictionary_codes():
+  rng = np.random.default_rng(3)
+  by_rows, by_dictionary = ArrowStringCoder(), ArrowStringCoder()
+  for n in (10, 3000, 100, 5000):
+    batch = pa.array([w if rng.random() > 0.1 else None
+                      for w in _words(rng, n, ("a", "b", "c", "d"))])
+    enc = batch.dictionary_encode()
+    table = np.append(by_dictionary.codes(enc.dictionary), -7)
+    expected = table[enc.indices.fill_null(len(table) - 1).to_numpy(zero_copy_only=False)]
+    assert by_rows.row_codes(batch, -7).tolist() == expected.tolist()
+  assert by_rows.strings == by_dictionary.strings

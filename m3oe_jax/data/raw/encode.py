@@ -71,6 +71,24 @@ class ArrowStringCoder:
   def strings(self) -> list[str]:
     return self.index.keys.to_pylist()
 
+  def row_codes(self, words: pa.Array, missing: int) -> np.ndarray:
+    """The code of each of `words` (`missing` for a missing one), new ones
+    added in order of first appearance: like `codes` of the words' dictionary,
+    without dictionary-encoding the words that are known already."""
+    pos = self.index.lookup(words)
+    new = pos < 0
+    valid = None
+    if words.null_count:
+      valid = words.is_valid().to_numpy(zero_copy_only=False)
+      new &= valid
+    if new.any():
+      fresh = words.filter(pa.array(new)).dictionary_encode()
+      pos[new] = len(self.index) + fresh.indices.to_numpy(zero_copy_only=False)
+      self.index.add(fresh.dictionary)
+    if valid is not None:
+      pos[~valid] = missing
+    return pos
+
   def codes(self, words: pa.Array) -> np.ndarray:
     """The codes of distinct, non-missing `words`, new ones added."""
     pos = self.index.lookup(words)
