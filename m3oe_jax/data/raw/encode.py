@@ -298,6 +298,10 @@ def scale_dense(values: np.ndarray, stats: Statistics, scaling: Sequence[str]) -
   return out
 
 
+# Rows of a block of the sparse columns handled at once while encoding.
+_CACHE_ROWS = 1 << 16
+
+
 def encode_splits(rows: Mapping[str, Any], part: np.ndarray, sizes: Sequence[int],
                   stats: Statistics, out_dir: str, chunk: int,
                   features: Sequence[Any] | None = None,
@@ -351,15 +355,17 @@ def encode_splits(rows: Mapping[str, Any], part: np.ndarray, sizes: Sequence[int
   for s in row_slices(len(part), chunk):
     p = part[s]
     sp = np.asarray(rows["sparse"][s]).reshape(-1, S)
+    ids = np.empty(sp.shape, np.int32)
+    missed = np.empty(sp.shape, bool)
     if coded_column.any():
       top = np.minimum(high, np.iinfo(sp.dtype).max).astype(sp.dtype)
-      index = np.clip(sp, sp.dtype.type(-1), top).astype(np.intp)
-      index += offset
-      ids = joined.take(index)
-    else:
-      ids = np.empty(sp.shape, np.int32)
-    missed = ids == OOV_ID
-    missed &= ~coded_column | (sp != NO_VALUE)
+      # In blocks that stay in the cache: twice as quick as the whole chunk.
+      for b in row_slices(len(sp), _CACHE_ROWS):
+        index = np.clip(sp[b], sp.dtype.type(-1), top).astype(np.intp)
+        index += offset
+        joined.take(index, out=ids[b])
+        np.equal(ids[b], OOV_ID, out=missed[b])
+        missed[b] &= ~coded_column | (sp[b] != NO_VALUE)
     for j, (kind, cols) in enumerate(zip(kinds, columns)):
       raw = sp[:, cols]
       if kind == "hashed":
