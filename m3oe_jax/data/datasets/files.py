@@ -177,7 +177,7 @@ def prepare_files(d: Declaration, out_dir: str, *, scratch_dir: str | None = Non
                                        t.threshold, place) for t in d.tasks], axis=1)
         sp = read.sparse
         if d.domain.as_feature:
-          sp = np.concatenate([sp, domain[:, None]], axis=1)
+          sp = np.concatenate([sp, domain[:, None].astype(sp.dtype)], axis=1)
         dense = read.dense
         time = np.zeros(n, np.int64)
         if d.split.mode == "temporal":

@@ -68,7 +68,7 @@ class Chunk:
   """Raw rows of one block after filtering, in file order."""
   domain: np.ndarray  # int32 [n]
   labels: np.ndarray  # uint8 [n, T]
-  sparse: np.ndarray  # int64 [n, S] raw codes
+  sparse: np.ndarray  # int64 (or int32) [n, S] raw codes
   dense: np.ndarray  # float64 [n, Q] (already transformed, not yet scaled)
   time: np.ndarray  # int64 [n]
   user: np.ndarray  # int64 [n]
@@ -156,7 +156,7 @@ def _spill(chunks: Iterable[Chunk], spec: PrepareSpec, scratch: str
       "domain": (np.int32, 1), "labels": (np.uint8, T), "sparse": (np.int64, S),
       "dense": (np.float64, Q), "time": (np.int64, 1), "user": (np.int64, 1),
       "item": (np.int64, 1), "row_hash": (np.int64, 1), "origin": (np.int32, 1),
-      "split": (np.uint8, 1)})
+      "split": (np.uint8, 1)}, narrow=("sparse",))
   origins: dict[str, int] = {}
   for c in chunks:
     cols = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}

@@ -184,6 +184,9 @@ class CategoricalEncoder:
     self.truncated_rows = 0
 
   def _codes(self, a: pa.Array) -> np.ndarray:
+    if self.coder is not None and 4 * len(self.coder.index) >= len(a):
+      # Many known values (user ids): look the rows up, no dictionary first.
+      return self.coder.row_codes(a, self.none)
     enc = a.dictionary_encode()
     if self.coder is not None:
       table = np.append(self.coder.codes(enc.dictionary), self.none)

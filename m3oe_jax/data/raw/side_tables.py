@@ -4,8 +4,8 @@ A side table (e.g. users, items) is read once: its key (one or several
 columns, joined into one text key) must be present and unique, and the columns
 it adds are converted by their role at once (categorical codes, dense values),
 so a bad value is refused naming the side table's file and row. A log batch
-then finds each row's table row with one vectorised look-up
-(`pyarrow.compute.index_in`) and gathers the converted columns; a row without a
+then finds each row's table row with one vectorised look-up in
+the table's lasting key index (`key_index.KeyIndex`) and gathers the converted columns; a row without a
 match gets no value (the OOV id, a missing dense value that becomes 0), and is
 counted.
 """
@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from m3oe_jax.data.raw import RawDataError, roles, tables
 from m3oe_jax.data.raw.declaration import SideTable
+from m3oe_jax.data.raw.key_index import KeyIndex
 
 KEY_SEPARATOR = "\x1f"
 
@@ -42,12 +43,15 @@ class LoadedTable:
   files: list[str]
   unmatched_rows: int = 0
   rows_seen: int = 0
+  index: KeyIndex | None = None
 
   def join(self, log: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """(row of this table for each log row, whether it matched)."""
-    index = pc.index_in(joined_key(log, self.spec.log_key), value_set=self.keys)
-    found = index.is_valid().to_numpy(zero_copy_only=False)
-    rows = index.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if self.index is None:
+      self.index = KeyIndex(self.keys)
+    rows = self.index.lookup(joined_key(log, self.spec.log_key))
+    found = rows >= 0
+    rows[~found] = 0
     self.rows_seen += len(rows)
     self.unmatched_rows += int(len(rows) - np.count_nonzero(found))
     return rows, found

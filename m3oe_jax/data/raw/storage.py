@@ -34,31 +34,73 @@ def row_slices(n: int, size: int) -> Iterator[slice]:
 
 
 class Spill:
-  """Append-only flat files of fixed-width columns."""
+  """Append-only flat files of fixed-width columns.
 
-  def __init__(self, directory: str, layout: Mapping[str, tuple[np.dtype, int]]):
+  An int64 column named in `narrow` is written as int32 while its values fit
+  (the codes and ids of sparse features nearly always do: half the bytes to
+  write and to read back); should a block not fit, the file so far is widened
+  to int64 once. Its readers get the type it was stored in.
+  """
+
+  def __init__(self, directory: str, layout: Mapping[str, tuple[np.dtype, int]],
+               narrow: tuple[str, ...] = ()):
     self.dir = directory
     self.layout = {k: (np.dtype(d), w) for k, (d, w) in layout.items()}
-    self.files = {k: open(os.path.join(directory, k + ".bin"), "wb") for k in layout}
+    self.stored = {k: np.dtype(np.int32) if k in narrow and d == np.int64 else d
+                   for k, (d, _) in self.layout.items()}
+    self.files = {k: open(self._path(k), "wb") for k in layout}
     self.rows = 0
+
+  def _path(self, k: str) -> str:
+    return os.path.join(self.dir, k + ".bin")
 
   def append(self, columns: Mapping[str, np.ndarray]) -> None:
     n = None
     for k, (dtype, width) in self.layout.items():
-      a = np.ascontiguousarray(columns[k], dtype)
+      a = np.asarray(columns[k])
       rows = a.shape[0]
       assert a.size == rows * width, (k, a.shape, width)
       n = rows if n is None else n
       assert rows == n
-      self.files[k].write(a.tobytes())
+      if (self.stored[k] != dtype and a.size and not np.can_cast(a.dtype, self.stored[k])
+          and not _fits(a, self.stored[k])):
+        self._widen(k)
+      write(self.files[k], np.ascontiguousarray(a, self.stored[k]))
     self.rows += n or 0
+
+  def _widen(self, k: str) -> None:
+    """Rewrites column k's file so far in its declared type."""
+    self.files[k].close()
+    narrow, wide = self.stored[k], self.layout[k][0]
+    os.replace(self._path(k), self._path(k) + ".narrow")
+    self.files[k] = open(self._path(k), "wb")
+    with open(self._path(k) + ".narrow", "rb") as f:
+      while True:
+        block = np.fromfile(f, narrow, count=1 << 22)
+        if not block.size:
+          break
+        write(self.files[k], block.astype(wide))
+    os.remove(self._path(k) + ".narrow")
+    self.stored[k] = wide
 
   def close(self) -> dict[str, "FlatColumn"]:
     for f in self.files.values():
       f.close()
-    return {k: FlatColumn(os.path.join(self.dir, k + ".bin"), dtype, width, self.rows,
+    return {k: FlatColumn(self._path(k), self.stored[k], width, self.rows,
                           two_d=k in ("labels", "sparse", "dense"))
-            for k, (dtype, width) in self.layout.items()}
+            for k, (_, width) in self.layout.items()}
+
+
+def _fits(a: np.ndarray, dtype: np.dtype) -> bool:
+  info = np.iinfo(dtype)
+  return info.min <= int(a.min()) and int(a.max()) <= info.max
+
+
+def write(f, a: np.ndarray) -> int:
+  """Writes a C-contiguous array's bytes without copying them; their number."""
+  view = memoryview(a).cast("B") if a.size else b""
+  f.write(view)
+  return len(view)
 
 
 class FlatColumn:
@@ -149,7 +191,7 @@ class NpyWriter:
 
   def append(self, a: np.ndarray) -> None:
     a = np.ascontiguousarray(a, self.dtype)
-    self._write(a.tobytes())
+    self._write(memoryview(a).cast("B") if a.size else b"")
     self.rows += a.shape[0]
 
   def record(self) -> dict[str, Any]:
