@@ -65,6 +65,18 @@ RUNS = {
 }
 # The widths of each model here (the paper's are larger; the training path is the same).
 WIDTHS = {"m3oe": [32, 16, 16, 8], "mmoe": [16, 8], "star": [16, 12, 12, 8]}
+PAPER_WIDTHS = {"m3oe": [512, 256, 256, 64], "mmoe": [256, 64], "star": [512, 256, 256, 64]}
+
+
+def configure(args) -> None:
+  """Applies the command line's batch size, epochs and widths to the runs."""
+  global BATCH
+  BATCH = args.batch_size
+  if args.epochs:
+    for kind, (repo, script, task, _, patience) in RUNS.items():
+      RUNS[kind] = (repo, script, task, args.epochs, patience)
+  if args.paper_widths:
+    WIDTHS.update(PAPER_WIDTHS)
 
 
 def load_example(checkout: pathlib.Path, script: str, name: str):
@@ -283,7 +295,12 @@ def main(argv=None) -> int:
   parser.add_argument("--rows", type=int, default=8000)
   parser.add_argument("--out", required=True, type=pathlib.Path)
   parser.add_argument("--models", default=",".join(RUNS))
+  parser.add_argument("--batch_size", type=int, default=BATCH)
+  parser.add_argument("--epochs", type=int, default=0, help="0: each model's own (RUNS)")
+  parser.add_argument("--paper_widths", action="store_true",
+                      help="the authors' scripts' widths instead of the small ones")
   args = parser.parse_args(argv)
+  configure(args)
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(1)
   checkouts = {"m3oe": args.authors_m3oe.resolve(), "mdmt": args.authors_mdmt.resolve()}
