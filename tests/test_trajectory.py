@@ -121,7 +121,9 @@ def run_config(kind: str, g: dict, data, init_path, order_path):
     config.model[kind].fcn_dims = widths
   config.model.dtype = "float64"
   config.batch_size = config.eval_batch_size = int(g["config/batch_size"])
-  config.num_epochs, config.patience = int(g["config/epochs"]), int(g["config/patience"])
+  # The epochs the authors' trainer ran (fewer than config/epochs where early stopping
+  # fired): the order file holds those.
+  config.num_epochs, config.patience = len(g["validation/auc"]), int(g["config/patience"])
   if str(g["config/task"]) != "all":
     config.variant.tasks = (movielens.get_config("default").data.tasks.index(
         str(g["config/task"])),)
