@@ -14,7 +14,7 @@ import shutil
 import fsspec
 from etils import epath
 
-from m3oe_jax.errors import WorkdirError
+from m3oe_jax.errors import ConfigError, WorkdirError
 
 # Every listing of a bucket asks the bucket: TensorStore and other processes (a
 # trainer beside an evaluation) write it behind gcsfs's back, and gcsfs would
@@ -162,3 +162,19 @@ def folder_bytes(folder: epath.Path) -> int:
 def mib(size: int | None) -> str:
   """A size for messages."""
   return "an unknown amount" if size is None else f"{size / 2**20:.1f} MiB"
+
+
+def read_npz(field: str, path, what: str) -> tuple[epath.Path, dict]:
+  """(the resolved path, {name: array}) of the `.npz` a config field names; a
+  missing or unreadable file is a ConfigError naming `config.<field>` and saying it
+  should hold `what`."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  path = resolve(path)
+  where = f"config.{field}={path}"
+  try:
+    with path.open("rb") as f, np.load(f) as npz:
+      return path, {name: np.asarray(npz[name]) for name in npz.files}
+  except FileNotFoundError:
+    raise ConfigError(f"{where}: no such file") from None
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{where}: not a readable .npz of {what} ({e})") from None

@@ -146,13 +146,20 @@ def _ratings(archive) -> set:
   return {tuple(line.split("::")[:2]) for line in lines if line}
 
 
+def _exported(config, tmp_path):
+  """(model, variables, dataset, the exported files, schema.json) of a short run of
+  `config`, exported."""
+  config.data.data_dir = str(tmp_path / "tfds")
+  workdir = tmp_path / "run"
+  model, variables, dataset = _saved_run(config, workdir)
+  paths = export.export_checkpoint(str(workdir), str(tmp_path / "export"))
+  return (model, variables, dataset, paths,
+          json.loads(pathlib.Path(paths["schema"]).read_text()))
+
+
 def test_raw_ids_map_through_the_vocabularies_of_prepared_data(tmp_path):
   config = movielens_config.get_config("tiny_offline")
-  config.data.data_dir = str(tmp_path / "tfds")
-  workdir, out = tmp_path / "run", tmp_path / "export"
-  model, variables, dataset = _saved_run(config, workdir)
-  paths = export.export_checkpoint(str(workdir), str(out))
-  serving = json.loads(pathlib.Path(paths["schema"]).read_text())
+  model, variables, dataset, paths, serving = _exported(config, tmp_path)
   assert serving["ids"] == "vocabulary" and serving["oov_id"] == 0
   features = {f["name"]: f for f in serving["sparse_features"]}
   assert [f["vocab_size"] for f in serving["sparse_features"]] == list(
@@ -326,12 +333,7 @@ def test_files_dataset_raw_rows_encode_as_prepared(tmp_path):
   through schema.json to the prepared rows."""
   import pyarrow.csv as pa_csv  # pylint: disable=g-import-not-at-top
   from configs import files as files_config  # pylint: disable=g-import-not-at-top
-  config = files_config.get_config("hashed")
-  config.data.data_dir = str(tmp_path / "tfds")
-  workdir, out = tmp_path / "run", tmp_path / "export"
-  _, _, dataset = _saved_run(config, workdir)
-  paths = export.export_checkpoint(str(workdir), str(out))
-  serving = json.loads(pathlib.Path(paths["schema"]).read_text())
+  _, _, dataset, _, serving = _exported(files_config.get_config("hashed"), tmp_path)
   features = {f["name"]: f for f in serving["sparse_features"]}
   assert features["user_id"]["mode"] == "hash" and features["user_id"]["vocabulary"] is None
   assert features["tags"]["width"] == 4 and features["tags"]["separator"] == "|"

@@ -31,8 +31,9 @@ class RecordedOrder:
   def __init__(self, path: str, stream: str, num_rows: int):
     if stream not in STREAMS:
       raise ValueError(f"unknown stream {stream!r}; expected one of {STREAMS}")
-    self.path, self.stream = paths.resolve(path), stream
-    self.epochs = _read_stream(self.path, stream, num_rows)
+    self.path, arrays = paths.read_npz("train_order", path, "row orders")
+    self.stream = stream
+    self.epochs = _epochs_of(self.path, arrays, stream, num_rows)
 
   def __call__(self, epoch: int) -> np.ndarray:
     if epoch not in self.epochs:
@@ -43,15 +44,10 @@ class RecordedOrder:
     return self.epochs[epoch]
 
 
-def _read_stream(path: epath.Path, stream: str, num_rows: int) -> dict[int, np.ndarray]:
+def _epochs_of(path: epath.Path, arrays: dict, stream: str,
+               num_rows: int) -> dict[int, np.ndarray]:
+  """The checked permutations of `stream`, by epoch, among an order file's arrays."""
   where = f"config.train_order={path}"
-  try:
-    with path.open("rb") as f, np.load(f) as npz:
-      arrays = {name: np.asarray(npz[name]) for name in npz.files}
-  except FileNotFoundError:
-    raise ConfigError(f"{where}: no such file") from None
-  except (OSError, ValueError) as e:
-    raise ConfigError(f"{where}: not a readable .npz of row orders ({e})") from None
   unknown = [n for n in arrays if not re.fullmatch(rf"(?:{'|'.join(STREAMS)})/\d+", n)]
   if unknown:
     raise ConfigError(f"{where}: unexpected entries {unknown[:5]}; expected "

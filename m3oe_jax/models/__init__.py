@@ -186,15 +186,8 @@ def read_weights_file(path, template: dict) -> dict:
   from an `.npz` of named arrays in the exchange layout, `params/<name>` and, for a
   model with BatchNorm, `batch_stats/<name>` (`export_weights`'s names)."""
   from m3oe_jax import paths  # pylint: disable=g-import-not-at-top
-  path = paths.resolve(path)
+  path, named = paths.read_npz("init_weights", path, "weights")
   where = f"config.init_weights={path}"
-  try:
-    with path.open("rb") as f, np.load(f) as npz:
-      named = {name: np.asarray(npz[name]) for name in npz.files}
-  except FileNotFoundError:
-    raise ConfigError(f"{where}: no such file") from None
-  except (OSError, ValueError) as e:
-    raise ConfigError(f"{where}: not a readable .npz of weights ({e})") from None
   sections = {"params": {}, "batch_stats": {}}
   for name, value in named.items():
     section, _, rest = name.partition("/")

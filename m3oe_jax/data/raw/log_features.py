@@ -93,15 +93,11 @@ class LogFeatures:
     for name, table in self._packed.items():
       rows, found = matches[name]
       if table.codes is not None:
-        got = table.codes[rows]
-        if not found.all():
-          got[~found] = table.no_value
+        got = _matched_rows(table.codes, rows, found, table.no_value)
         for slots, at in table.to_sparse:
           sparse[:, slots] = got[:, at]
       if table.values is not None:
-        got = table.values[rows]
-        if not found.all():
-          got[~found] = np.nan
+        got = _matched_rows(table.values, rows, found, np.nan)
         for q, i in table.to_dense:
           dense[:, q] = got[:, i]
     for c, slots in zip(d.categorical, self._slots):
@@ -113,3 +109,11 @@ class LogFeatures:
     matched = np.logical_and.reduce([found for _, found in matches.values()]) if matches \
         else np.ones(n, bool)
     return BatchFeatures(sparse, dense, matched)
+
+
+def _matched_rows(packed: np.ndarray, rows: np.ndarray, found: np.ndarray, no_value):
+  """The packed table's rows of a batch's matches; `no_value` where nothing matched."""
+  got = packed[rows]
+  if not found.all():
+    got[~found] = no_value
+  return got
