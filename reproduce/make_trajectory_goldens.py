@@ -25,7 +25,8 @@ theirs is changed; it is observed:
     test AUC and logloss of the weights the authors' script tests;
   * the rows as the authors encoded them (`rows/...`, all splits in file order),
     so another implementation can map its ids to theirs by raw value.
-Everything runs in float64 (see `Recorder.watching`); the dense values are
+Everything runs in float64 (see `Recorder.watching`; `--float32` keeps the
+authors' own precision, which is their script's run recorded); the dense values are
 rounded to float32 first, as a prepared dataset stores them. It also writes `<rows>.zip`, the same rows in the ML-1M archive layout, for
 m3oe_jax's MovieLens reader.
 """
@@ -55,6 +56,7 @@ DENSE_COLUMN = 3  # age, in the authors' column order
 SPARSE_NAMES = ["user_id", "movie_id", "gender", "occupation", "zip", "genre", "domain"]
 BATCH = 1024
 SEED = 2022
+FLOAT64 = True  # --float32 clears it: the authors' own precision
 
 # name: (checkout, example script, task, epochs, patience)
 RUNS = {
@@ -70,8 +72,8 @@ PAPER_WIDTHS = {"m3oe": [512, 256, 256, 64], "mmoe": [256, 64], "star": [512, 25
 
 def configure(args) -> None:
   """Applies the command line's batch size, epochs and widths to the runs."""
-  global BATCH
-  BATCH = args.batch_size
+  global BATCH, SEED, FLOAT64
+  BATCH, SEED, FLOAT64 = args.batch_size, args.seed, not args.float32
   if args.epochs:
     for kind, (repo, script, task, _, patience) in RUNS.items():
       RUNS[kind] = (repo, script, task, args.epochs, patience)
@@ -126,11 +128,12 @@ class Recorder:
     torch.utils.data.RandomSampler.__iter__ = recorded_iter
     torch.Tensor.backward = recorded_backward
     torch.utils.data.DataLoader.__init__ = in_process_loader
-    # float64 throughout: the weights (default dtype) and what their code casts
-    # with .float() (labels, dense values), so float32 rounding, which Adam
-    # amplifies where a gradient is near zero, does not end the comparison early.
-    torch.set_default_dtype(torch.float64)
-    torch.Tensor.float = torch.Tensor.double
+    if FLOAT64:
+      # float64 throughout: the weights (default dtype) and what their code casts
+      # with .float() (labels, dense values), so float32 rounding, which Adam
+      # amplifies where a gradient is near zero, does not end the comparison early.
+      torch.set_default_dtype(torch.float64)
+      torch.Tensor.float = torch.Tensor.double
     try:
       yield self
     finally:
@@ -174,7 +177,8 @@ def record(kind: str, module, data_dir: pathlib.Path, torch) -> dict[str, np.nda
         x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test, batch_size=BATCH)
     train_loader, val_loader, test_loader = loaders
     # .double(): M3oE makes its architecture logits from float32 numpy arrays.
-    model = build_model(kind, module, dense_feas + sparse_feas, num_domains, num_tasks).double()
+    model = build_model(kind, module, dense_feas + sparse_feas, num_domains, num_tasks)
+    model = model.double() if FLOAT64 else model
     out = {f"init/{k}": v for k, v in exchange(kind, model, num_domains, num_tasks).items()}
     if kind == "m3oe":
       trainer = module.CTRTrainer(
@@ -299,6 +303,10 @@ def main(argv=None) -> int:
   parser.add_argument("--epochs", type=int, default=0, help="0: each model's own (RUNS)")
   parser.add_argument("--paper_widths", action="store_true",
                       help="the authors' scripts' widths instead of the small ones")
+  parser.add_argument("--seed", type=int, default=SEED, help="the authors' setup_seed")
+  parser.add_argument("--float32", action="store_true",
+                      help="train in the authors' own precision (float32), not float64: "
+                           "their script's run, recorded")
   args = parser.parse_args(argv)
   configure(args)
   import torch  # pylint: disable=g-import-not-at-top
