@@ -14,7 +14,6 @@ ids are mapped to ours by raw value, and `train_and_evaluate` runs with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -26,8 +25,8 @@ import numpy as np
 import pytest
 
 from m3oe_jax import models, train
-from m3oe_jax.configs import movielens
 from m3oe_jax.data import load_dataset
+from reproduce import follow_authors as follow
 from tests import event_files
 from tests.golden import exact
 
@@ -35,54 +34,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "tests" / "assets" / "trajectory"
 ARCHIVE = ASSETS / "ml-100k-head8000.zip"
 KINDS = ("m3oe", "mmoe", "ple", "star")
-# The authors' columns: user_id, movie_id, gender, age, occupation, zip, cate_id,
-# domain_indicator; ours: the sparse features in config order, then age.
-TORCH_SPARSE_COLUMNS = (0, 1, 2, 4, 5, 6, 7)
-TORCH_DENSE_COLUMN = 3
 LOSS_RTOL, PARAM_RTOL, AUC_ATOL = 1e-5, 1e-4, 1e-7
 
 
 def golden(kind: str) -> dict[str, np.ndarray]:
-  with np.load(ASSETS / f"{kind}.npz") as f:
-    return {k: f[k] for k in f.files}
-
-
-def section(g: dict, prefix: str) -> dict[str, np.ndarray]:
-  return {k[len(prefix) + 1:]: v for k, v in g.items() if k.startswith(prefix + "/")}
-
-
-def data_config(data_dir):
-  config = movielens.get_config("default").data
-  digest = hashlib.sha256(ARCHIVE.read_bytes()).hexdigest()
-  config.update(dict(archive=str(ARCHIVE), archive_checksum=f"sha256:{digest}", download=False,
-                     data_dir=str(data_dir), split="file_order", vocabulary="all_rows",
-                     placement="host"))
-  return config
+  return follow.read_golden(ASSETS / f"{kind}.npz")
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-  data_dir = tmp_path_factory.mktemp("trajectory_data")
-  config = data_config(data_dir)
-  dataset = load_dataset(config)
-  rows = {}
-  for split in ("train", "validation", "test"):
-    source = dataset.splits[split]
-    part = source.take(np.arange(len(source)))
-    for key, value in part.items():
-      rows.setdefault(key, []).append(np.asarray(value))
-  return config, {k: np.concatenate(v) for k, v in rows.items()}
-
-
-def torch_ids_of_ours(ours: np.ndarray, theirs: np.ndarray, vocab: int) -> np.ndarray:
-  """For one feature, the authors' id of each of our ids (-1: never seen); both
-  encodings of the same rows must be one-to-one."""
-  mapping = np.full(vocab, -1, np.int64)
-  mapping[ours] = theirs
-  assert np.array_equal(mapping[ours], theirs), "one of our ids has two torch ids"
-  seen = mapping[mapping >= 0]
-  assert len(np.unique(seen)) == len(seen), "one torch id has two of our ids"
-  return mapping
+  config = follow.data_config(ARCHIVE, tmp_path_factory.mktemp("trajectory_data"))
+  return config, follow.all_rows(load_dataset(config))
 
 
 def test_same_rows_labels_and_dense_values_as_the_authors_script(prepared):
@@ -92,48 +54,8 @@ def test_same_rows_labels_and_dense_values_as_the_authors_script(prepared):
   assert len(rows["labels"]) == len(x)
   np.testing.assert_array_equal(rows["labels"], y)
   np.testing.assert_array_equal(rows["domain"], x[:, -1].astype(np.int64))
-  np.testing.assert_allclose(rows["dense"][:, 0], x[:, TORCH_DENSE_COLUMN], rtol=0, atol=1e-7)
-
-
-def mapped_weights(g: dict, prefix: str, rows: dict, vocab_sizes) -> dict[str, np.ndarray]:
-  """The file's weights under `prefix/` with embedding rows put at our ids (our
-  OOV row, which the authors' tables lack, 0)."""
-  named = dict(section(g, prefix))
-  for j, (feature, vocab) in enumerate(zip(movielens_features(), vocab_sizes)):
-    table = named[f"params/embedding/{feature}"]
-    mapping = torch_ids_of_ours(rows["sparse"][:, j],
-                                g["rows/x"][:, TORCH_SPARSE_COLUMNS[j]].astype(np.int64), vocab)
-    ours = np.zeros((vocab, table.shape[1]), table.dtype)
-    ours[mapping >= 0] = table[mapping[mapping >= 0]]
-    named[f"params/embedding/{feature}"] = ours
-  return named
-
-
-def movielens_features():
-  return tuple(movielens.get_config("default").data.sparse_features)
-
-
-def run_config(kind: str, g: dict, data, init_path, order_path):
-  config = movielens.get_config(f"model={kind}")
-  config.data = data
-  widths = tuple(int(w) for w in g["config/widths"])
-  if widths:
-    config.model[kind].fcn_dims = widths
-  config.model.dtype = "float64"
-  config.batch_size = config.eval_batch_size = int(g["config/batch_size"])
-  # The epochs the authors' trainer ran (fewer than config/epochs where early stopping
-  # fired): the order file holds those.
-  config.num_epochs, config.patience = len(g["validation/auc"]), int(g["config/patience"])
-  if str(g["config/task"]) != "all":
-    config.variant.tasks = (movielens.get_config("default").data.tasks.index(
-        str(g["config/task"])),)
-  config.init_weights, config.train_order = str(init_path), str(order_path)
-  config.log_every_steps = 1
-  config.checkpoint_every_steps = 10_000
-  config.async_checkpointing = False
-  config.prefetch_batches = 0
-  config.compilation_cache_dir = ""
-  return config
+  np.testing.assert_allclose(rows["dense"][:, 0], x[:, follow.TORCH_DENSE_COLUMN], rtol=0,
+                             atol=1e-7)
 
 
 def assert_close(got: dict, want: dict, where: str) -> None:
@@ -160,7 +82,12 @@ def run_ours(kind: str, folder: str) -> None:
   `folder`/epochs.npz. Runs in its own process: float64 needs JAX_ENABLE_X64=1."""
   folder = pathlib.Path(folder)
   data = ml_collections.ConfigDict(json.loads((folder / "data.json").read_text()))
-  config = run_config(kind, golden(kind), data, folder / "init.npz", folder / "order.npz")
+  config = follow.run_config(kind, golden(kind), data, folder / "init.npz",
+                            folder / "order.npz", "float64")
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 10_000
+  config.async_checkpointing = False
+  config.prefetch_batches = 0
   weights = []
   save = train._save  # pylint: disable=protected-access
 
@@ -186,8 +113,8 @@ def test_the_trainer_follows_the_authors_trainer(kind, prepared, tmp_path):
   schema = load_dataset(data).schema
   vocab_sizes = schema.vocab_sizes
   folder = tmp_path
-  np.savez(folder / "init.npz", **mapped_weights(g, "init", rows, vocab_sizes))
-  np.savez(folder / "order.npz", **section(g, "order"))
+  np.savez(folder / "init.npz", **follow.mapped_weights(g, "init", rows, vocab_sizes))
+  np.savez(folder / "order.npz", **follow.section(g, "order"))
   (folder / "data.json").write_text(data.to_json())
   env = {**os.environ, "JAX_ENABLE_X64": "1", "PYTHONPATH": str(ROOT)}
   code = f"from tests.test_trajectory import run_ours; run_ours({kind!r}, {str(folder)!r})"
@@ -207,14 +134,12 @@ def test_the_trainer_follows_the_authors_trainer(kind, prepared, tmp_path):
   epochs = len(g["validation/auc"])
   assert {k.split("/")[0] for k in saved} == {f"epoch{e}" for e in range(epochs)}
   for epoch in range(epochs):
-    assert_close(section(saved, f"epoch{epoch}"),
-                 mapped_weights(g, f"epoch{epoch}", rows, vocab_sizes), f"{kind} epoch {epoch}:")
+    assert_close(follow.section(saved, f"epoch{epoch}"),
+                 follow.mapped_weights(g, f"epoch{epoch}", rows, vocab_sizes),
+                 f"{kind} epoch {epoch}:")
 
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  domains, tasks = schema.domain_names, schema.task_names
-  if str(g["config/task"]) != "all":
-    tasks = [str(g["config/task"])]
-  order = [f"{d}/{t}" for t in tasks for d in domains]  # the authors' t-major order
+  order = follow.pair_order(schema, str(g["config/task"]))  # the authors' t-major order
   ours = [[r["validation"]["pairs"][p]["auc"] for p in order] for r in records]
   # sklearn's AUC (trapezoids) and ours (ranks) round differently: ~1e-9.
   np.testing.assert_allclose(ours, g["validation/auc"], rtol=0, atol=AUC_ATOL)
