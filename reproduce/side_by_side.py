@@ -478,11 +478,13 @@ def write_markdown(args, data: dict, reference_path: pathlib.Path) -> pathlib.Pa
       f"`{args.vocabulary}`), runs in {ours_dir}.", "",
       "## Overall", "",
       compare.summary_markdown(comparisons, "AUC", "authors' code"), "",
+      compare.ordering_markdown(comparisons, "authors' code"), "",
       "Overall AUC: per seed, the mean of the six per-(domain, task) test AUCs (x 100); "
       "mean ± sample std over seeds; difference: m3oe_jax minus the authors' code; noise: 2 "
-      "standard errors of the difference (Welch); Welch's two-sided t-test. A row on one side "
-      "only shows the other as missing. STAR-MDL's six cells come from its two single-task "
-      "runs (click, like).", "",
+      "standard errors of the difference (Welch); Welch's two-sided t-test; within: the "
+      "difference is at most the larger of 0.50 and the noise. A row on one side only shows "
+      "the other as missing. STAR-MDL's six cells come from its two single-task runs (click, "
+      "like).", "",
       "## LogLoss", "",
       compare.summary_markdown(comparisons, "LogLoss (mean of pairs)", "authors' code"), "",
       "## Per (domain, task)", "", "AUC:", "",

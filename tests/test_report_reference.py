@@ -104,6 +104,11 @@ def test_report_shows_both_sides(sweep_and_reference, tmp_path):
   assert cells[3] == f"{100 * np.mean(ours):.2f} ± {100 * np.std(ours, ddof=1):.2f}"
   assert cells[4] == f"{100 * (np.mean(ours) - np.mean(theirs)):+.2f}"
   assert cells[6] == f"{t:.2f}"
+  noise = 2 * np.sqrt(np.var(ours, ddof=1) / 3 + np.var(theirs, ddof=1) / 3)
+  within = abs(np.mean(ours) - np.mean(theirs)) <= max(0.005, noise)
+  assert cells[8] == ("yes" if within else "no")
+  assert ("Rows by overall AUC, highest first: authors' code: M3oE-MDMT > MMoE-MTL; "
+          "m3oe_jax: M3oE-MDMT > MMoE-MTL. The same order: yes.") in md
   # Rows on one side only.
   assert "| PLE-MDMT | 3 / — | " in md and "| missing | missing |" in md
   assert "| MLP (per d,t) | — / 0 | missing | missing | missing |" in md
@@ -118,11 +123,35 @@ def test_report_shows_both_sides(sweep_and_reference, tmp_path):
   m3oe = next(r for r in data["rows"] if r["label"] == "m3oe-mdmt")
   assert m3oe["summary"]["AUC"]["welch_t"] == pytest.approx(t)
   assert m3oe["summary"]["AUC"]["reference"]["n"] == 3
+  assert m3oe["summary"]["AUC"]["agrees"] == within
+  assert data["order"] == {"reference": ["m3oe-mdmt", "mmoe-mtl"],
+                           "ours": ["m3oe-mdmt", "mmoe-mtl"]}
   assert {r["label"]: (r["in_ours"], r["in_reference"]) for r in data["rows"]}["ple-mdmt"] == (
       False, True)
   for png in ("reference_auc.png", "per_pair_auc.png"):
     assert (tmp_path / "out" / "plots" / png).stat().st_size > 1000
   assert "reference_auc.png" in {p.name for p in result["files"]}
+
+
+@pytest.mark.parametrize("ours, theirs, agrees", [
+    ([0.700, 0.702, 0.704], [0.703, 0.705, 0.707], True),   # 0.3 points apart: the floor
+    ([0.700, 0.702, 0.704], [0.708, 0.710, 0.712], False),  # 0.8 apart, noise 0.33
+    ([0.68, 0.70, 0.72], [0.70, 0.72, 0.74], True),         # 2 apart, noise 3.3
+    ([0.70], [0.706], False),                               # one seed a side: the floor only
+    ([], [0.70, 0.71], None),                               # a side missing
+])
+def test_a_row_agrees_within_the_larger_of_half_a_point_and_the_noise(ours, theirs, agrees):
+  assert compare.Difference(tables.Stat(ours), tables.Stat(theirs)).agrees() is agrees
+
+
+def test_a_reversed_order_is_reported(sweep_and_reference, tmp_path):
+  sweep, path = sweep_and_reference
+  value = reference_document()
+  value["rows"]["mmoe-mtl"]["seeds"]["2022"]["cells"] = _cells(lambda d, t, s: 0.9, 2022)
+  path.write_text(json.dumps(value))
+  result = report.write_report([str(sweep)], str(tmp_path / "out"), str(path))
+  assert ("authors' code: MMoE-MTL > M3oE-MDMT; m3oe_jax: M3oE-MDMT > MMoE-MTL. "
+          "The same order: no.") in result["markdown"]
 
 
 def test_report_without_reference_is_unchanged(sweep_and_reference, tmp_path):

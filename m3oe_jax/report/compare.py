@@ -20,6 +20,9 @@ from m3oe_jax.report.reference import Reference, ReferenceRow
 from m3oe_jax.report.tables import Row, Stat, Table
 
 METRICS = ("AUC", "LogLoss (mean of pairs)")
+# A row agrees with the reference when its difference is within the larger of this and
+# the noise (2 SE): below half an AUC point, seed noise is not the only test.
+AGREEMENT_FLOOR = 0.005
 
 
 @dataclasses.dataclass
@@ -39,6 +42,13 @@ class Difference:
     if self.ours.std is None or self.theirs.std is None:
       return None
     return 2.0 * math.sqrt(self.ours.std ** 2 / self.ours.n + self.theirs.std ** 2 / self.theirs.n)
+
+  def agrees(self, floor: float = AGREEMENT_FLOOR) -> bool | None:
+    """|difference| <= max(floor, noise); None when either side has no mean, and with
+    under 2 seeds a side (no noise) only the floor counts."""
+    if self.diff is None:
+      return None
+    return abs(self.diff) <= max(floor, self.noise or 0.0)
 
   def welch(self) -> tuple[float | None, float | None]:
     """(t, two-sided p) of Welch's t-test, (None, None) when not testable (under 2 values a
@@ -151,16 +161,43 @@ def summary_markdown(comparisons: list[Comparison], metric: str = "AUC",
                      theirs_name: str = "reference", ours_name: str = "m3oe_jax") -> str:
   """The per-row table of one summary metric."""
   lines = [f"| row | n ({theirs_name} / {ours_name}) | {theirs_name} | {ours_name} | difference "
-           "| noise (2 SE) | Welch t | p (two-sided) |", "|---|---|---|---|---|---|---|---|"]
+           f"| noise (2 SE) | Welch t | p (two-sided) | within max({_x100(AGREEMENT_FLOOR)}, "
+           "2 SE) |", "|---|---|---|---|---|---|---|---|---|"]
   for c in comparisons:
     d = c.summary[metric]
     t, p = d.welch()
+    agrees = d.agrees()
     lines.append(" | ".join([
         f"| {c.name}", _seeds(c, d.ours, d.theirs), _stat_text(d.theirs), _stat_text(d.ours),
         _x100(d.diff, signed=True) if d.diff is not None else "missing",
         "n/a" if d.noise is None else _x100(d.noise),
-        "n/a" if t is None else f"{t:.2f}", "n/a" if p is None else f"{p:.3g}"]) + " |")
+        "n/a" if t is None else f"{t:.2f}", "n/a" if p is None else f"{p:.3g}",
+        "n/a" if agrees is None else ("yes" if agrees else "no")]) + " |")
   return "\n".join(lines)
+
+
+def orderings(comparisons: list[Comparison], metric: str = "AUC") -> tuple[list, list]:
+  """The labels of the rows with a mean on both sides, highest mean first: by the
+  reference's means, and by ours."""
+  both = [c for c in comparisons
+          if c.summary[metric].ours.mean is not None and c.summary[metric].theirs.mean is not None]
+  theirs = sorted(both, key=lambda c: -c.summary[metric].theirs.mean)
+  ours = sorted(both, key=lambda c: -c.summary[metric].ours.mean)
+  return [c.label for c in theirs], [c.label for c in ours]
+
+
+def ordering_markdown(comparisons: list[Comparison], theirs_name: str = "reference",
+                      ours_name: str = "m3oe_jax") -> str:
+  """One line: the rows on both sides by overall AUC, highest first, on each side, and
+  whether the order is the same."""
+  theirs, ours = orderings(comparisons)
+  if len(theirs) < 2:
+    return "Order of the rows: fewer than two rows on both sides."
+  names = {c.label: c.name for c in comparisons}
+  same = "yes" if theirs == ours else "no"
+  return (f"Rows by overall AUC, highest first: {theirs_name}: "
+          f"{' > '.join(names[x] for x in theirs)}; {ours_name}: "
+          f"{' > '.join(names[x] for x in ours)}. The same order: {same}.")
 
 
 def cells_markdown(comparisons: list[Comparison], ref: Reference, columns: list[str] | None = None,
@@ -201,12 +238,14 @@ def markdown(table: Table, ref: Reference, comparisons: list[Comparison] | None 
     parts.append(f"Data: {ref.data['description']}.")
   parts += ["", "Overall AUC (mean of the six per-(domain, task) test AUCs), x 100:", "",
             summary_markdown(comparisons, "AUC", theirs_name), "",
+            ordering_markdown(comparisons, theirs_name), "",
             "LogLoss (mean of the per-(domain, task) test loglosses), x 100:", "",
             summary_markdown(comparisons, "LogLoss (mean of pairs)", theirs_name), "",
             "mean ± sample std over complete seeds; n: complete seeds, — where the row is "
             "missing on that side; difference: ours minus the reference; noise: 2 standard "
             "errors of the difference (Welch); Welch t and p: Welch's two-sided t-test over "
-            "the per-seed values (n/a below 2 seeds a side).", "",
+            "the per-seed values (n/a below 2 seeds a side); within: |difference| at most "
+            f"the larger of {_x100(AGREEMENT_FLOOR)} and the noise.", "",
             "Per (domain, task), AUC:", "", cells_markdown(comparisons, ref, None, theirs_name),
             "", "Per (domain, task), LogLoss:", "",
             cells_markdown(comparisons, ref, None, theirs_name, "logloss")]
@@ -224,7 +263,8 @@ def as_dict(comparisons: list[Comparison]) -> list[dict]:
     for metric, d in c.summary.items():
       t, p = d.welch()
       summary[metric] = {"ours": stat(d.ours), "reference": stat(d.theirs), "difference": d.diff,
-                         "noise_2se": d.noise, "welch_t": t, "p_two_sided": p}
+                         "noise_2se": d.noise, "welch_t": t, "p_two_sided": p,
+                         "agrees": d.agrees()}
     out.append({"label": c.label, "name": c.name, "in_ours": c.ours is not None,
                 "in_reference": c.theirs is not None, "summary": summary,
                 "cells": {p: {"ours": stat(d.ours), "reference": stat(d.theirs),

@@ -114,7 +114,10 @@ def write_report(workdirs: list[str], out: str | None = None,
                                       "warnings": warnings,
                                       "reference": None if ref is None else {
                                           "file": ref.path, "name": ref.name,
-                                          "rows": compare.as_dict(comparisons)}}, indent=2)}
+                                          "rows": compare.as_dict(comparisons),
+                                          "order": dict(zip(("reference", "ours"),
+                                                            compare.orderings(comparisons)))}},
+                             indent=2)}
   for name, text in files.items():
     (out_dir / name).write_text(text)
   return {"markdown": markdown, "table": table, "runs": runs, "out": out_dir,
