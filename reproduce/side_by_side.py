@@ -17,7 +17,8 @@ run has its own scratch folder (their scripts write `output/*.csv` and model fil
 the current folder) with PYTHONPATH set to the checkout. The per-(domain, task) test AUC and
 logloss are read from what the script prints (M3oE: full precision) or from the CSV row it
 writes (the baselines print no per-cell line; their CSV has 4 decimals). A finished run is not
-run again.
+run again, and the table holds every finished run in --workdir on the same data and epochs
+(seeds or rows added by an earlier call included), as our side's sweep folder does.
 
 Our side runs `python -m m3oe_jax.sweep --config=configs/sweeps/table2.py:movielens,
 data=reference_split,...` on the zip (the file-order 80/10/10 slice of the authors' code; the
@@ -58,6 +59,7 @@ SIDES = ("authors", "ours", "both")
 VOCABULARIES = ("all_rows", "train")
 ZIP_NAME = "ml-100k-as-1m.zip"
 CSV_NAME = "ml-1m.csv"
+LABEL_PATTERN = r"[a-z0-9_]+-(single|mtl|mdl|mdmt)"
 # MovieLens as configs/movielens.py names its domains and tasks (the authors' order).
 DOMAINS = ("age_1_18", "age_25", "age_35_45_50_56")
 TASKS = ("click", "like")
@@ -311,22 +313,51 @@ def say(text: str) -> None:
   print(text, flush=True)
 
 
-def run_authors(args, data: dict, checkouts: dict) -> dict:
-  """Runs (or reuses) every authors' run; returns the reference rows by label."""
-  rows = {}
+def run_authors(args, data: dict, checkouts: dict) -> None:
+  """Runs (or reuses) the authors' runs of --rows x --seeds."""
   for label in args.rows:
-    seeds = {}
-    runs = authors_runs(label)
     for seed in args.seeds:
-      cells, details = {}, []
-      for run in runs:
-        result = authors_run(args, data, checkouts, label, run, seed)
-        cells.update(result["cells"])
-        details.append({k: result[k] for k in ("part", "command", "seconds", "epochs",
-                                               "early_stopped", "precision", "pooled")})
-      seeds[seed] = {"cells": cells, "runs": details}
-    rows[label] = {"seeds": seeds}
+      for run in authors_runs(label):
+        authors_run(args, data, checkouts, label, run, seed)
+
+
+def finished_rows(args, data: dict) -> dict:
+  """The reference rows of every finished authors' run in --workdir on this data with these
+  epochs: the rows of --rows first, then any other row found; per row, each seed whose
+  runs are all finished. Seeds and rows added by earlier calls join the table."""
+  root = pathlib.Path(args.workdir) / "authors"
+  found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+  labels = list(args.rows) + [x for x in found if x not in args.rows and
+                              re.fullmatch(LABEL_PATTERN, x)]
+  rows = {}
+  for label in labels:
+    runs = authors_runs(label)
+    seed_dirs = {p.name for run in runs for p in (root / label / run.part).glob("seed*")}
+    seeds = {}
+    for seed in sorted(int(name[4:]) for name in seed_dirs if name[4:].isdigit()):
+      results = [_finished(root / label / run.part / f"seed{seed}", data, args.epochs)
+                 for run in runs]
+      if all(results):
+        seeds[seed] = {"cells": {k: v for r in results for k, v in r["cells"].items()},
+                       "runs": [{k: r.get(k) for k in ("part", "command", "seconds", "epochs",
+                                                        "early_stopped", "precision", "pooled")}
+                                for r in results]}
+    if seeds:
+      rows[label] = {"seeds": seeds}
   return rows
+
+
+def _finished(folder: pathlib.Path, data: dict, epochs: int) -> dict | None:
+  """A run's result.json when it is of this data and these epochs, else None."""
+  try:
+    done = json.loads((folder / "result.json").read_text())
+    command = shlex.split(done["command"])
+    ran_epochs = int(command[command.index("--epoch") + 1])
+  except (OSError, ValueError, KeyError, IndexError):
+    return None
+  if done.get("data_sha256") != data["zip_sha256"] or ran_epochs != epochs:
+    return None
+  return done
 
 
 def authors_run(args, data: dict, checkouts: dict, label: str, run: AuthorsRun,
@@ -417,7 +448,9 @@ def write_reference(args, data: dict, checkouts: dict, rows: dict, versions: str
   value = reference.document(
       list(DOMAINS), list(TASKS), rows, name="authors' code",
       description=f"the authors' PyTorch code, run unchanged on {CSV_NAME} of {args.data}, "
-                  f"{args.epochs} epochs, seeds {', '.join(map(str, args.seeds))}, on CPU",
+                  f"{args.epochs} epochs, on CPU; seeds: " + "; ".join(
+                      f"{label} {', '.join(map(str, row['seeds']))}"
+                      for label, row in rows.items()),
       source={"commits": {"M3oE": checkouts["m3oe"]["commit"],
                           "mdmt": checkouts["mdmt"]["commit"]},
               "checkouts": checkouts, "torch": versions,
@@ -574,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   try:
     for label in args.rows:
-      if not re.fullmatch(r"[a-z0-9_]+-(single|mtl|mdl|mdmt)", label):
+      if not re.fullmatch(LABEL_PATTERN, label):
         raise InputError(f"--rows: {label!r} is not MODEL-KIND (KIND: single, mtl, mdl, mdmt)")
     data = check_inputs(args)
     pathlib.Path(args.workdir).mkdir(parents=True, exist_ok=True)
@@ -601,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
         elif path and checkouts[repo]["commit"] is None:
           say(f"{PROG}: warning: {flag_name}={path} is not a git checkout; its commit is not "
               "recorded")
-      rows = run_authors(args, data, checkouts)
+      run_authors(args, data, checkouts)
+      rows = finished_rows(args, data)
       reference_path = write_reference(args, data, checkouts, rows, versions)
       say(f"wrote {reference_path}")
     if args.side in ("ours", "both"):

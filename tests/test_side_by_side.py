@@ -201,6 +201,23 @@ def test_authors_side_end_to_end(tmp_path, monkeypatch, capsys):
   capsys.readouterr()
   assert sbs.main(argv) == 0
   assert capsys.readouterr().out.count("done before") == 2 * (1 + 2 + 1)
+  # A later call for one more seed of one row: the table keeps what is already there.
+  more = [a for a in argv if not a.startswith(("--seeds", "--rows"))]
+  assert sbs.main(more + ["--seeds=2024", "--rows=m3oe-mdmt"]) == 0
+  ref = reference.load(work / "reference.json")
+  assert {label: sorted(row.seeds) for label, row in ref.rows.items()} == {
+      "m3oe-mdmt": [2022, 2023, 2024], "star-mdl": [2022, 2023], "ple-mdmt": [2022, 2023]}
+  assert "| M3oE-MDMT | 3 / — |" in (work / "side_by_side.md").read_text()
+  # Runs of other epochs (here, every run but the one rerun) are not mixed in.
+  epochs = [a for a in more if not a.startswith("--epochs")] + ["--epochs=3"]
+  assert sbs.main(epochs + ["--seeds=2022", "--rows=m3oe-mdmt"]) == 0
+  ref = reference.load(work / "reference.json")
+  assert {label: sorted(row.seeds) for label, row in ref.rows.items()} == {"m3oe-mdmt": [2022]}
+  # A row of a seed with one of its runs unfinished is left out of that seed.
+  (work / "authors" / "star-mdl" / "t1" / "seed2023" / "result.json").unlink()
+  assert sbs.main(more + ["--seeds=2022", "--rows=m3oe-mdmt"]) == 0
+  ref = reference.load(work / "reference.json")
+  assert sorted(ref.rows["star-mdl"].seeds) == [2022]
 
 
 def test_errors_are_one_line(tmp_path, monkeypatch, capsys):
