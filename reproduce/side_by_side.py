@@ -4,7 +4,9 @@
       [--rows=m3oe-mdmt,mmoe-mdmt,ple-mdmt,star-mdl] [--epochs=50]
       [--authors_m3oe=CHECKOUT] [--authors_mdmt=CHECKOUT] [--torch_python=PYTHON]
 
---data is the folder reproduce/ml100k.py writes (ml-100k-as-1m.zip, ml-1m.csv). Each flag can
+--data is the folder reproduce/ml100k.py writes (ml-100k-as-1m.zip, ml-1m.csv), or any folder
+holding the authors' merged ml-1m.csv and the same ratings, in the same order, as an ML-1M
+archive named ml-1m.zip (checked row by row before anything runs). Each flag can
 also come from the environment: SBS_DATA, SBS_WORKDIR, SBS_SIDE, SBS_SEEDS, SBS_ROWS,
 SBS_EPOCHS, SBS_AUTHORS_M3OE, SBS_AUTHORS_MDMT, SBS_TORCH_PYTHON (a flag wins).
 
@@ -36,6 +38,7 @@ report with the same comparison.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import hashlib
 import json
@@ -46,6 +49,7 @@ import shlex
 import subprocess
 import sys
 import time
+import zipfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: this checkout's m3oe_jax
@@ -57,7 +61,8 @@ DEFAULT_ROWS = ("m3oe-mdmt", "mmoe-mdmt", "ple-mdmt", "star-mdl")
 PAPER_EPOCHS = 50
 SIDES = ("authors", "ours", "both")
 VOCABULARIES = ("all_rows", "train")
-ZIP_NAME = "ml-100k-as-1m.zip"
+# The ratings as an ML-1M archive: reproduce/ml100k.py's, or the official one.
+ZIP_NAMES = ("ml-100k-as-1m.zip", "ml-1m.zip")
 CSV_NAME = "ml-1m.csv"
 LABEL_PATTERN = r"[a-z0-9_]+-(single|mtl|mdl|mdmt)"
 # MovieLens as configs/movielens.py names its domains and tasks (the authors' order).
@@ -232,10 +237,15 @@ def check_inputs(args) -> dict:
   data = pathlib.Path(args.data)
   if not data.is_dir():
     raise InputError(f"--data={args.data}: no such folder (make it with reproduce/ml100k.py)")
-  for name in (ZIP_NAME, CSV_NAME):
-    if not (data / name).is_file():
-      raise InputError(f"--data={args.data}: no {name} in it (make it with reproduce/ml100k.py)")
-  digest = hashlib.sha256((data / ZIP_NAME).read_bytes()).hexdigest()
+  if not (data / CSV_NAME).is_file():
+    raise InputError(f"--data={args.data}: no {CSV_NAME} in it (make it with reproduce/ml100k.py)")
+  zips = [name for name in ZIP_NAMES if (data / name).is_file()]
+  if len(zips) != 1:
+    raise InputError(f"--data={args.data}: " + (
+        f"no {' or '.join(ZIP_NAMES)} in it" if not zips else f"holds both {' and '.join(zips)}; "
+        "keep the one with the ratings of ml-1m.csv") + " (make it with reproduce/ml100k.py)")
+  archive = data / zips[0]
+  check_same_ratings(archive, data / CSV_NAME, args.data)
   described = data / "ml100k.json"
   description = {}
   if described.is_file():
@@ -243,11 +253,48 @@ def check_inputs(args) -> dict:
       description = json.loads(described.read_text())
     except ValueError:
       description = {}
-  return {"folder": str(data.resolve()), "zip": str((data / ZIP_NAME).resolve()),
-          "zip_sha256": digest, "csv": str((data / CSV_NAME).resolve()),
+  return {"folder": str(data.resolve()), "zip": str(archive.resolve()),
+          "zip_sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
+          "csv": str((data / CSV_NAME).resolve()),
           "csv_sha256": hashlib.sha256((data / CSV_NAME).read_bytes()).hexdigest(),
+          "what": description.get("what"),
           "ratings": description.get("ratings"), "users": description.get("users"),
           "movies": description.get("movies"), "source": description.get("source")}
+
+
+def check_same_ratings(archive: pathlib.Path, csv_path: pathlib.Path, flag: str) -> None:
+  """Both sides split by file order, so the archive's ratings.dat and the authors' CSV must
+  hold the same (user, movie, rating, timestamp) rows in the same order."""
+  def refuse(why: str):
+    raise InputError(f"--data={flag}: {why}; both sides split the rows in file order, so "
+                     f"write both files from one source (reproduce/ml100k.py does)")
+
+  try:
+    with zipfile.ZipFile(archive) as z:
+      member = next((n for n in z.namelist() if n.endswith("ratings.dat")), None)
+      if member is None:
+        refuse(f"{archive.name} has no ratings.dat")
+      ratings = z.read(member).decode("latin-1").splitlines()
+  except (OSError, zipfile.BadZipFile) as e:
+    refuse(f"{archive.name} does not read as a zip archive ({e})")
+  with open(csv_path, newline="", encoding="utf-8") as f:
+    reader = csv.DictReader(f)
+    wanted = ("user_id", "movie_id", "rating", "timestamp")
+    missing = [c for c in wanted if c not in (reader.fieldnames or [])]
+    if missing:
+      refuse(f"{CSV_NAME} has no column {', '.join(missing)}")
+    number = -1
+    for number, row in enumerate(reader):
+      if number >= len(ratings):
+        refuse(f"{CSV_NAME} has more rows than {archive.name}'s ratings.dat "
+               f"({len(ratings)})")
+      theirs = tuple(row[c] for c in wanted)
+      ours = tuple(ratings[number].split("::"))
+      if theirs != ours:
+        refuse(f"row {number + 1} of {CSV_NAME} is {'::'.join(theirs)} but line {number + 1} of "
+               f"{archive.name}'s ratings.dat is {ratings[number]}")
+  if number + 1 != len(ratings):
+    refuse(f"{CSV_NAME} has {number + 1} rows, {archive.name}'s ratings.dat {len(ratings)}")
 
 
 def checkout_info(path: str, flag: str, script: str) -> dict:
@@ -457,12 +504,17 @@ def write_reference(args, data: dict, checkouts: dict, rows: dict, versions: str
               "scripts": {"m3oe": M3OE_SCRIPT, "mdmt": MDMT_SCRIPT},
               "settings": "their defaults (the paper's) except --seed, --epoch, "
                           "--dataset_path and --device cpu"},
-      data={"description": f"MovieLens-100K from the RecBole 1.2.1 wheel in MovieLens-1M's "
-                           f"layout ({data.get('ratings')} ratings, temporal order; "
-                           "file-order 80/10/10 split)", **data})
+      data={"description": data_description(data), **data})
   path = pathlib.Path(args.workdir) / "reference.json"
   path.write_text(json.dumps(value, indent=2) + "\n")
   return path
+
+
+def data_description(data: dict) -> str:
+  """What the data is: reproduce/ml100k.py's description when it wrote it."""
+  what = data.get("what") or f"the ratings of {pathlib.Path(data['zip']).name}"
+  count = f"{data['ratings']} ratings, " if data.get("ratings") else ""
+  return f"{what} ({count}file-order 80/10/10 split)"
 
 
 def _times(args, rows: dict | None, ours_dir: pathlib.Path) -> list[str]:
@@ -507,7 +559,7 @@ def write_markdown(args, data: dict, reference_path: pathlib.Path) -> pathlib.Pa
       f"{ref.source.get('commits', {}).get('mdmt')} ({ref.source.get('torch', '')}), run "
       f"unchanged on CPU with their defaults except seed, epochs ({args.epochs}) and data.",
       f"m3oe_jax: `python -m m3oe_jax.sweep` (configs/sweeps/table2.py, `data=reference_split`: "
-      f"the file-order split, here the same rows as the temporal one; vocabulary "
+      f"the file-order split of the authors' scripts; vocabulary "
       f"`{args.vocabulary}`), runs in {ours_dir}.", "",
       "## Overall", "",
       compare.summary_markdown(comparisons, "AUC", "authors' code"), "",

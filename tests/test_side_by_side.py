@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import pytest
 
@@ -147,6 +148,21 @@ with open(path, "a") as f:
 '''
 
 
+RATINGS = [("259", "255", "4", "874724710"), ("259", "286", "4", "874724727"),
+           ("851", "1", "3", "874727000")]
+
+
+def write_data(folder, zip_name="ml-100k-as-1m.zip", ratings=RATINGS, csv_ratings=None):
+  """A --data folder: the ratings as an ML-1M archive and as the authors' merged CSV."""
+  folder.mkdir(parents=True, exist_ok=True)
+  with zipfile.ZipFile(folder / zip_name, "w") as z:
+    z.writestr("ml-1m/ratings.dat", "".join("::".join(r) + "\n" for r in ratings))
+  lines = ["user_id,movie_id,rating,timestamp,title,genres,gender,age,occupation,zip"]
+  lines += [",".join(r) + ",T,Drama,M,18,4,48823" for r in (csv_ratings or ratings)]
+  (folder / sbs.CSV_NAME).write_text("\n".join(lines) + "\n")
+  return folder
+
+
 def fake_checkouts(tmp_path):
   """Stand-ins for the two checkouts and for a torch Python's modules."""
   m3oe, mdmt, modules = tmp_path / "M3oE", tmp_path / "mdmt", tmp_path / "modules"
@@ -171,10 +187,7 @@ def fake_checkouts(tmp_path):
 def test_authors_side_end_to_end(tmp_path, monkeypatch, capsys):
   m3oe, mdmt, modules = fake_checkouts(tmp_path)
   monkeypatch.setenv("PYTHONPATH", str(modules))
-  data = tmp_path / "data"
-  data.mkdir()
-  (data / sbs.ZIP_NAME).write_bytes(b"zip")
-  (data / sbs.CSV_NAME).write_text("user_id\n")
+  data = write_data(tmp_path / "data")
   work = tmp_path / "work"
   monkeypatch.setenv("SBS_TORCH_PYTHON", sys.executable)  # a flag's value from the environment
   argv = [f"--data={data}", f"--workdir={work}", "--side=authors", "--seeds=2022,2023",
@@ -222,10 +235,7 @@ def test_authors_side_end_to_end(tmp_path, monkeypatch, capsys):
 
 def test_errors_are_one_line(tmp_path, monkeypatch, capsys):
   m3oe, mdmt, modules = fake_checkouts(tmp_path)
-  data = tmp_path / "data"
-  data.mkdir()
-  (data / sbs.ZIP_NAME).write_bytes(b"zip")
-  (data / sbs.CSV_NAME).write_text("user_id\n")
+  data = write_data(tmp_path / "data")
   base = [f"--data={data}", f"--workdir={tmp_path / 'w'}", "--side=authors",
           f"--authors_m3oe={m3oe}", f"--authors_mdmt={mdmt}"]
 
@@ -251,6 +261,22 @@ def test_errors_are_one_line(tmp_path, monkeypatch, capsys):
   assert error(f"--data={tmp_path / 'none'}") == (
       f"reproduce/side_by_side.py: error: --data={tmp_path / 'none'}: no such folder (make it "
       "with reproduce/ml100k.py)")
+  (data / "ml-1m.zip").write_bytes(b"")
+  assert error(f"--torch_python={sys.executable}") == (
+      f"reproduce/side_by_side.py: error: --data={data}: holds both ml-100k-as-1m.zip and "
+      "ml-1m.zip; keep the one with the ratings of ml-1m.csv (make it with reproduce/ml100k.py)")
+  (data / "ml-100k-as-1m.zip").unlink()
+  assert "ml-1m.zip does not read as a zip archive" in error()
+  write_data(data, "ml-1m.zip", csv_ratings=[RATINGS[0], RATINGS[2], RATINGS[1]])
+  assert error() == (
+      f"reproduce/side_by_side.py: error: --data={data}: row 2 of ml-1m.csv is "
+      "851::1::3::874727000 but line 2 of ml-1m.zip's ratings.dat is 259::286::4::874724727; "
+      "both sides split the rows in file order, so write both files from one source "
+      "(reproduce/ml100k.py does)")
+  write_data(data, "ml-1m.zip", csv_ratings=RATINGS[:2])
+  assert "ml-1m.csv has 2 rows, ml-1m.zip's ratings.dat 3" in error()
+  (data / "ml-1m.zip").unlink()
+  assert "no ml-100k-as-1m.zip or ml-1m.zip in it" in error()
   (data / sbs.CSV_NAME).unlink()
   assert "no ml-1m.csv in it" in error()
 
@@ -259,10 +285,7 @@ def test_a_failed_authors_run_names_its_log(tmp_path, monkeypatch, capsys):
   m3oe, mdmt, modules = fake_checkouts(tmp_path)
   (m3oe / sbs.M3OE_SCRIPT).write_text("raise SystemExit('CUDA error: no device')\n")
   monkeypatch.setenv("PYTHONPATH", str(modules))
-  data = tmp_path / "data"
-  data.mkdir()
-  (data / sbs.ZIP_NAME).write_bytes(b"zip")
-  (data / sbs.CSV_NAME).write_text("user_id\n")
+  data = write_data(tmp_path / "data")
   assert sbs.main([f"--data={data}", f"--workdir={tmp_path / 'w'}", "--side=authors",
                    "--rows=m3oe-mdmt", "--seeds=7", f"--torch_python={sys.executable}",
                    f"--authors_m3oe={m3oe}"]) == 2
