@@ -20,8 +20,9 @@ from m3oe_jax.report.reference import Reference, ReferenceRow
 from m3oe_jax.report.tables import Row, Stat, Table
 
 METRICS = ("AUC", "LogLoss (mean of pairs)")
-# A row agrees with the reference when its difference is within the larger of this and
-# the noise (2 SE): below half an AUC point, seed noise is not the only test.
+# A row agrees with the reference when |difference| <= max(AGREEMENT_FLOOR, 2 SE): the
+# floor (half a point of AUC) keeps rows that barely vary over seeds from disagreeing over
+# differences smaller than any the paper reports.
 AGREEMENT_FLOOR = 0.005
 
 
