@@ -71,12 +71,11 @@ PAPER_WIDTHS = {"m3oe": [512, 256, 256, 64], "mmoe": [256, 64], "star": [512, 25
 
 
 def configure(args) -> None:
-  """Applies the command line's batch size, epochs and widths to the runs."""
+  """Applies the command line's batch size, seed, precision, epochs, patience and widths."""
   global BATCH, SEED, FLOAT64
   BATCH, SEED, FLOAT64 = args.batch_size, args.seed, not args.float32
-  if args.epochs:
-    for kind, (repo, script, task, _, patience) in RUNS.items():
-      RUNS[kind] = (repo, script, task, args.epochs, patience)
+  for kind, (repo, script, task, epochs, patience) in RUNS.items():
+    RUNS[kind] = (repo, script, task, args.epochs or epochs, args.patience or patience)
   if args.paper_widths:
     WIDTHS.update(PAPER_WIDTHS)
 
@@ -301,6 +300,8 @@ def main(argv=None) -> int:
   parser.add_argument("--models", default=",".join(RUNS))
   parser.add_argument("--batch_size", type=int, default=BATCH)
   parser.add_argument("--epochs", type=int, default=0, help="0: each model's own (RUNS)")
+  parser.add_argument("--patience", type=int, default=0,
+                      help="0: each model's own (RUNS); their scripts use 10")
   parser.add_argument("--paper_widths", action="store_true",
                       help="the authors' scripts' widths instead of the small ones")
   parser.add_argument("--seed", type=int, default=SEED, help="the authors' setup_seed")
