@@ -10,8 +10,8 @@ AUC beside the authors', then the test AUCs of the weights each side tests.
 
 It is how a whole run, not only a few epochs, is checked in the authors' own precision:
 record their script's run with `make_trajectory_goldens.py --float32 --rows=100000
---batch_size=40960 --epochs=50 --paper_widths`, then follow it here with `--dtype=float32`
-(docs/reproducing.md has the figures). In float64 (`--dtype=float64`, with
+--batch_size=40960 --epochs=50 --patience=10 --paper_widths`, then follow it here with
+`--dtype=float32` (docs/reproducing.md has the figures). In float64 (`--dtype=float64`, with
 JAX_ENABLE_X64=1) it is what tests/test_trajectory.py checks on the vendored files.
 
 The helpers that map the authors' ids to ours by raw value are shared with that test.
