@@ -378,7 +378,10 @@ def finished_rows(args, data: dict) -> dict:
                               re.fullmatch(LABEL_PATTERN, x)]
   rows = {}
   for label in labels:
-    runs = authors_runs(label)
+    try:
+      runs = authors_runs(label)
+    except InputError:  # a folder no authors' row makes
+      continue
     seed_dirs = {p.name for run in runs for p in (root / label / run.part).glob("seed*")}
     seeds = {}
     for seed in sorted(int(name[4:]) for name in seed_dirs if name[4:].isdigit()):

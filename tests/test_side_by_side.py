@@ -226,6 +226,10 @@ def test_authors_side_end_to_end(tmp_path, monkeypatch, capsys):
   assert sbs.main(epochs + ["--seeds=2022", "--rows=m3oe-mdmt"]) == 0
   ref = reference.load(work / "reference.json")
   assert {label: sorted(row.seeds) for label, row in ref.rows.items()} == {"m3oe-mdmt": [2022]}
+  # A folder that no authors' row makes is passed over.
+  (work / "authors" / "m2m-mdmt" / "all" / "seed2022").mkdir(parents=True)
+  assert sbs.main(more + ["--seeds=2022", "--rows=m3oe-mdmt"]) == 0
+  assert "m2m-mdmt" not in reference.load(work / "reference.json").rows
   # A row of a seed with one of its runs unfinished is left out of that seed.
   (work / "authors" / "star-mdl" / "t1" / "seed2023" / "result.json").unlink()
   assert sbs.main(more + ["--seeds=2022", "--rows=m3oe-mdmt"]) == 0
