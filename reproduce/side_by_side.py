@@ -655,6 +655,10 @@ def parse_args(argv: list[str] | None = None, environ=None) -> argparse.Namespac
   for name in ("data", "workdir"):
     if not getattr(args, name):
       parser.error(f"--{name} (or SBS_{name.upper()}) is required")
+  if args.torch_python and os.sep in args.torch_python:
+    # Each run's subprocess starts in its own folder. Absolute, not resolved: a venv's
+    # python is a symlink whose target is not the venv.
+    args.torch_python = os.path.abspath(args.torch_python)
   return args
 
 

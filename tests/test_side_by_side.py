@@ -303,6 +303,10 @@ def test_flags_from_the_environment():
                              "SBS_ROWS": "star-mdl", "SBS_EPOCHS": "3", "SBS_SIDE": "ours"})
   assert (args.data, args.workdir, args.seeds, args.rows, args.epochs, args.side) == (
       "/d", "/w", (1, 2), ("star-mdl",), 3, "ours")
+  args = sbs.parse_args(["--torch_python=venv/bin/python"], {"SBS_DATA": "/d", "SBS_WORKDIR": "/w"})
+  assert args.torch_python == os.path.join(os.getcwd(), "venv", "bin", "python")  # not resolved
+  assert sbs.parse_args(["--torch_python=python3"], {"SBS_DATA": "/d", "SBS_WORKDIR": "/w"}
+                        ).torch_python == "python3"  # found on PATH
   args = sbs.parse_args(["--seeds=5", "--data=/e"], {"SBS_DATA": "/d", "SBS_WORKDIR": "/w"})
   assert args.seeds == (5,) and args.data == "/e" and args.epochs == sbs.PAPER_EPOCHS
   assert args.rows == sbs.DEFAULT_ROWS and args.seeds != sbs.DEFAULT_SEEDS
