@@ -101,6 +101,15 @@ def mapped_weights(g: dict, prefix: str, rows: dict, vocab_sizes) -> dict[str, n
   return named
 
 
+def write_start(g: dict, rows: dict, vocab_sizes, folder: pathlib.Path):
+  """`folder`/init.npz (the recorded initial weights, at our ids) and `folder`/order.npz
+  (the recorded row orders): what `run_config` starts from. Returns their paths."""
+  init_path, order_path = folder / "init.npz", folder / "order.npz"
+  np.savez(init_path, **mapped_weights(g, "init", rows, vocab_sizes))
+  np.savez(order_path, **section(g, "order"))
+  return init_path, order_path
+
+
 def run_config(kind: str, g: dict, data, init_path, order_path, dtype: str):
   """The model's paper config with the recorded run's widths, batch, epochs, patience and
   task, starting from `init_path` and reading the orders of `order_path`."""
@@ -150,9 +159,7 @@ def main(argv=None) -> int:
   dataset = load_dataset(data)
   rows = all_rows(dataset)
   args.workdir.mkdir(parents=True, exist_ok=True)
-  init_path, order_path = args.workdir / "init.npz", args.workdir / "order.npz"
-  np.savez(init_path, **mapped_weights(g, "init", rows, dataset.schema.vocab_sizes))
-  np.savez(order_path, **section(g, "order"))
+  init_path, order_path = write_start(g, rows, dataset.schema.vocab_sizes, args.workdir)
   config = run_config(kind, g, data, init_path, order_path, args.dtype)
   try:
     train.train_and_evaluate(config, str(args.workdir / "run"))

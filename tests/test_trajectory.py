@@ -113,8 +113,7 @@ def test_the_trainer_follows_the_authors_trainer(kind, prepared, tmp_path):
   schema = load_dataset(data).schema
   vocab_sizes = schema.vocab_sizes
   folder = tmp_path
-  np.savez(folder / "init.npz", **follow.mapped_weights(g, "init", rows, vocab_sizes))
-  np.savez(folder / "order.npz", **follow.section(g, "order"))
+  follow.write_start(g, rows, vocab_sizes, folder)
   (folder / "data.json").write_text(data.to_json())
   env = {**os.environ, "JAX_ENABLE_X64": "1", "PYTHONPATH": str(ROOT)}
   code = f"from tests.test_trajectory import run_ours; run_ours({kind!r}, {str(folder)!r})"
